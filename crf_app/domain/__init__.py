@@ -1,0 +1,1 @@
+"""Pure domain model: protocol, forms, rules. No Qt, no SQLAlchemy."""
