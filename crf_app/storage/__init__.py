@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy models, engine, migrations runner, audit writer."""
