@@ -110,8 +110,9 @@ class Protocol(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> Protocol:
-        for name, items, key in (("sites", self.sites, "code"), ("arms", self.arms, "code"),
-                                 ("visits", self.visits, "code"), ("regimens", self.regimens, "id")):
+        groups = (("sites", self.sites, "code"), ("arms", self.arms, "code"),
+                  ("visits", self.visits, "code"), ("regimens", self.regimens, "id"))
+        for name, items, key in groups:
             seen: set[str] = set()
             for i, item in enumerate(items):
                 value = getattr(item, key)

@@ -1,0 +1,208 @@
+"""`crf-app`: opens the GUI; subcommands do everything scriptable."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from crf_app import __version__
+from crf_app.domain.errors import CrfError, ValidationFailed
+from crf_app.domain.roles import Role
+from crf_app.paths import FORMS_DIR
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="crf-app",
+        description="Offline-first clinical-trial data capture. With no command, opens the app.")
+    p.add_argument("--version", action="version", version=f"crf-app {__version__}")
+    p.add_argument("--database", metavar="URL",
+                   help="SQLAlchemy URL or SQLite file path (default: $CRF_DATABASE_URL, else "
+                        "crf-app.db in your per-user data folder)")
+    p.add_argument("--first-run-demo", action="store_true",
+                   help="when the database does not exist yet, create the demo study first")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    sp = sub.add_parser("init", help="create a real study from forms/study.yaml and its first "
+                                     "admin account")
+    sp.add_argument("--forms", type=Path, default=FORMS_DIR, help="folder with study.yaml and "
+                                                                  "the form files")
+    sp.add_argument("--admin", metavar="USERNAME", help="admin user name (asked if omitted)")
+    sp.add_argument("--admin-name", metavar="NAME", help="admin's full name (asked if omitted)")
+
+    sp = sub.add_parser("demo", help="create a demo database: accounts of every role and "
+                                     "subjects at different stages")
+    sp.add_argument("--subjects", type=int, default=12, help="number of subjects (default 12)")
+
+    sp = sub.add_parser("users", help="list or add user accounts")
+    usub = sp.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    usub.add_parser("list", help="list the accounts")
+    up = usub.add_parser("add", help="add an account (you log in as an admin or data manager)")
+    up.add_argument("username")
+    up.add_argument("--name", required=True, help="full name, printed on signatures")
+    up.add_argument("--role", required=True, choices=[r.value for r in Role])
+    up.add_argument("--site", help="site code the user works at (default: all sites)")
+    up.add_argument("--as", dest="as_user", required=True, metavar="USERNAME",
+                    help="your own admin or data-manager account")
+
+    sub.add_parser("verify-audit", help="walk the hash-chained audit trail; exit 1 and name the "
+                                        "first broken event if it was tampered with")
+
+    sp = sub.add_parser("backup", help="write a consistent copy of the database (safe while the "
+                                       "app is open)")
+    sp.add_argument("path", type=Path, help="target file or folder")
+
+    sp = sub.add_parser("forms", help="check the form files or write the data dictionary")
+    fsub = sp.add_subparsers(dest="forms_command", metavar="ACTION", required=True)
+    fp = fsub.add_parser("check", help="validate study.yaml and every form file")
+    fp.add_argument("--forms", type=Path, default=FORMS_DIR)
+    fp = fsub.add_parser("dictionary", help="write the data dictionary (CSV and Markdown)")
+    fp.add_argument("--forms", type=Path, default=FORMS_DIR)
+    fp.add_argument("--out", type=Path, required=True, help="output folder")
+    return p
+
+
+def _read_secret(prompt: str) -> str:
+    if sys.stdin.isatty():
+        return getpass.getpass(prompt)
+    line = sys.stdin.readline()
+    return line.rstrip("\n")
+
+
+def _ask(prompt: str) -> str:
+    if sys.stdin.isatty():
+        return input(prompt)
+    print(prompt, end="", file=sys.stderr)
+    return sys.stdin.readline().strip()
+
+
+def _fail(message: str) -> int:
+    print(f"crf-app: error: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ValidationFailed as exc:
+        for err in exc.errors:
+            print(f"crf-app: error: {err.field}: {err.message}", file=sys.stderr)
+        return 1
+    except CrfError as exc:
+        return _fail(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    cmd = args.command
+    if cmd is None:
+        from crf_app.gui.app import run_gui
+
+        return run_gui(args.database, first_run_demo=args.first_run_demo)
+    if cmd == "forms":
+        return _forms(args)
+    if cmd in ("init", "demo"):
+        return _create(args)
+    from crf_app.services.context import open_study
+
+    study = open_study(args.database)
+    try:
+        if cmd == "users":
+            return _users(args, study)
+        if cmd == "verify-audit":
+            from crf_app.services.maintenance import verify_audit
+
+            report = verify_audit(study.db)
+            if report.ok:
+                print(f"audit trail verified: {report.events_checked} events, chain intact")
+                return 0
+            print(f"audit trail BROKEN at event {report.broken_event_id}: {report.problem} "
+                  f"({report.events_checked} events before it verified)")
+            return 1
+        if cmd == "backup":
+            from crf_app.services.maintenance import backup
+
+            print(f"backup written to {backup(study.db, args.path)}")
+            return 0
+    finally:
+        study.close()
+    raise AssertionError(cmd)
+
+
+def _create(args: argparse.Namespace) -> int:
+    from crf_app.services.context import open_new_database
+    from crf_app.services.definitions import load_definition
+    from crf_app.services.setup import NewUser
+
+    definition = load_definition(getattr(args, "forms", FORMS_DIR))
+    db = open_new_database(args.database)
+    try:
+        if args.command == "demo":
+            from crf_app.services.demo import DEMO_PASSWORD, create_demo_study
+
+            study = create_demo_study(db, definition.protocol, definition.forms,
+                                      subjects=args.subjects)
+            print(f"demo study {study.oid} created in {study.location}; every demo account "
+                  f"(admin, coordinator, investigator, monitor, datamanager) has the password "
+                  f"{DEMO_PASSWORD}")
+            return 0
+        from crf_app.services.setup import create_study
+
+        username = args.admin or _ask("Admin user name: ")
+        full_name = args.admin_name or _ask("Admin full name: ")
+        password = _read_secret("Admin password: ")
+        again = _read_secret("Repeat the password: ")
+        if password != again:
+            return _fail("password: the two passwords differ")
+        study = create_study(db, definition.protocol, definition.forms,
+                             admin=NewUser(username, full_name, Role.ADMIN, password))
+        print(f"study {study.oid} created in {study.location}; log in as {username}")
+        return 0
+    finally:
+        db.dispose()
+
+
+def _users(args: argparse.Namespace, study) -> int:
+    from crf_app.services.accounts import create_user, list_users, login
+    from crf_app.services.setup import NewUser
+
+    if args.users_command == "list":
+        rows = list_users(study)
+        print(f"{'username':<16} {'role':<13} {'site':<6} {'state':<8} full name")
+        for r in rows:
+            state = "locked" if r.locked else ("active" if r.active else "inactive")
+            print(f"{r.username:<16} {r.role:<13} {r.site:<6} {state:<8} {r.full_name}")
+        return 0
+    ctx = login(study, args.as_user, _read_secret(f"Password for {args.as_user}: "))
+    password = _read_secret(f"New password for {args.username}: ")
+    create_user(ctx, NewUser(args.username, args.name, args.role, password, args.site))
+    print(f"user {args.username} added as {args.role}")
+    return 0
+
+
+def _forms(args: argparse.Namespace) -> int:
+    from crf_app.domain.forms import check_form_files, load_form_library
+    from crf_app.domain.forms.dictionary import dictionary_csv, dictionary_markdown
+    from crf_app.services.definitions import load_definition
+
+    if args.forms_command == "check":
+        problems = check_form_files(args.forms)
+        if not problems:
+            definition = load_definition(args.forms)
+            print(f"{len(definition.forms.get('forms', definition.forms))} form files and "
+                  f"study.yaml are valid")
+            return 0
+        for problem in problems:
+            print(problem, file=sys.stderr)
+        return 1
+    lib = load_form_library(args.forms)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "data_dictionary.csv").write_text(dictionary_csv(lib), encoding="utf-8")
+    (args.out / "data_dictionary.md").write_text(dictionary_markdown(lib), encoding="utf-8")
+    print(f"data dictionary written to {args.out}/data_dictionary.csv and .md")
+    return 0

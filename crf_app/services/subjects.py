@@ -1,0 +1,292 @@
+"""Enrolling subjects, scheduling and recording visits, ending participation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from crf_app.domain.errors import FieldError, NotFound, ValidationFailed
+from crf_app.domain.roles import Action
+from crf_app.domain.subjects import (
+    Enrollment,
+    SubjectStatus,
+    check_baseline,
+    check_enrollment,
+    schedule,
+    visit_display_status,
+    window_deviation,
+)
+from crf_app.services.context import UserContext
+from crf_app.storage.audit import AuditWriter
+from crf_app.storage.models import Site, Subject, Visit
+
+
+@dataclass(frozen=True)
+class SubjectRow:
+    """One line of the subject list."""
+
+    id: int
+    screening_number: str
+    initials: str
+    site: str
+    arm: str
+    sex: str
+    birth_year: int
+    status: str
+    baseline_date: date | None
+    next_visit: str
+    next_visit_date: date | None
+
+
+@dataclass(frozen=True)
+class VisitRow:
+    id: int
+    code: str
+    name: str
+    day: int
+    planned_date: date | None
+    window_start: date | None
+    window_end: date | None
+    actual_date: date | None
+    status: str
+    deviation: str
+
+
+@dataclass(frozen=True)
+class SubjectDetail:
+    id: int
+    screening_number: str
+    initials: str
+    site: str
+    site_name: str
+    arm: str
+    arm_name: str
+    sex: str
+    birth_year: int
+    consent_date: date
+    enrolled_on: date
+    baseline_date: date | None
+    status: str
+    status_reason: str
+    status_date: date | None
+    visits: list[VisitRow]
+
+
+def _subject(s: Session, ctx: UserContext, subject_id: int) -> Subject:
+    subj = s.get(Subject, subject_id)
+    if subj is None or subj.study_id != ctx.study.study_id:
+        raise NotFound(f"subject {subject_id} does not exist in this study")
+    return subj
+
+
+def enroll_subject(ctx: UserContext, e: Enrollment) -> int:
+    """Enrol a subject (and schedule the visits when a baseline date is given); returns its id."""
+    ctx.require(Action.ENROLL, e.site)
+    protocol = ctx.study.protocol
+    errors = check_enrollment(e, protocol, ctx.today())
+    if errors:
+        raise ValidationFailed(errors)
+    with ctx.study.db.transaction() as s:
+        taken = s.execute(select(Subject.id).where(
+            Subject.study_id == ctx.study.study_id,
+            Subject.screening_number == e.screening_number)).first()
+        if taken:
+            raise ValidationFailed(FieldError(
+                "screening_number", "unique",
+                f"Screening number {e.screening_number} is already used in this study"))
+        site_id = s.execute(select(Site.id).where(Site.study_id == ctx.study.study_id,
+                                                  Site.code == e.site)).scalar_one()
+        subj = Subject(study_id=ctx.study.study_id, site_id=site_id,
+                       screening_number=e.screening_number, initials=e.initials,
+                       birth_year=e.birth_year, sex=e.sex, arm=e.arm,
+                       consent_date=e.consent_date, enrolled_on=e.enrolled_on,
+                       baseline_date=e.baseline_date,
+                       status=SubjectStatus.ON_STUDY if e.baseline_date
+                       else SubjectStatus.SCREENING,
+                       metadata_version=ctx.study.metadata_version)
+        s.add(subj)
+        s.flush()
+        audit = AuditWriter(s, ctx.user.actor, now=ctx.now())
+        audit.record_fields("create", "subject", subj.screening_number, {
+            "site": (None, e.site), "initials": (None, e.initials),
+            "birth_year": (None, e.birth_year), "sex": (None, e.sex), "arm": (None, e.arm),
+            "consent_date": (None, e.consent_date), "enrolled_on": (None, e.enrolled_on),
+            "baseline_date": (None, e.baseline_date), "status": (None, subj.status),
+        }, subject_id=subj.id)
+        for pv in schedule(protocol, e.baseline_date):
+            s.add(Visit(subject=subj, visit_code=pv.code, sequence=pv.sequence,
+                        planned_date=pv.planned, window_start=pv.window_start,
+                        window_end=pv.window_end, status="planned", deviation=""))
+        return subj.id
+
+
+def set_baseline(ctx: UserContext, subject_id: int, baseline: date, reason: str = "") -> None:
+    """Set (randomise) or correct the baseline date; the schedule is recomputed from it."""
+    with ctx.study.db.transaction() as s:
+        subj = _subject(s, ctx, subject_id)
+        ctx.require(Action.EDIT_DATA, subj.site.code)
+        errs = check_baseline(baseline, subj.consent_date, ctx.today())
+        if subj.status not in SubjectStatus.ACTIVE:
+            errs.append(FieldError("baseline_date", "subject_active",
+                                   f"Subject is {SubjectStatus.LABELS[subj.status].lower()}; "
+                                   "its baseline can no longer change"))
+        if subj.baseline_date is not None and subj.baseline_date != baseline and not reason.strip():
+            errs.append(FieldError("reason", "reason_for_change",
+                                   "A reason for change is required to change the baseline date"))
+        if errs:
+            raise ValidationFailed(errs)
+        audit = AuditWriter(s, ctx.user.actor, now=ctx.now())
+        old_status = subj.status
+        audit.record_fields("update", "subject", subj.screening_number, {
+            "baseline_date": (subj.baseline_date, baseline),
+            "status": (old_status, SubjectStatus.ON_STUDY),
+        }, reason=reason.strip(), subject_id=subj.id)
+        subj.baseline_date = baseline
+        subj.status = SubjectStatus.ON_STUDY
+        planned = {pv.code: pv for pv in schedule(ctx.study.protocol, baseline)}
+        for visit in subj.visits:
+            pv = planned[visit.visit_code]
+            deviation = (window_deviation(visit.actual_date, pv.window_start, pv.window_end)
+                         if visit.actual_date else "")
+            audit.record_fields("update", "visit", f"{subj.screening_number}/{visit.visit_code}",
+                                {"planned_date": (visit.planned_date, pv.planned),
+                                 "deviation": (visit.deviation, deviation)},
+                                reason="schedule computed from baseline date",
+                                subject_id=subj.id)
+            visit.planned_date, visit.window_start, visit.window_end = (
+                pv.planned, pv.window_start, pv.window_end)
+            visit.deviation = deviation
+
+
+def record_visit_date(ctx: UserContext, visit_id: int, actual: date, reason: str = "") -> str:
+    """Record when a visit took place; returns the protocol deviation ('' when in window).
+
+    A date outside the visit window is accepted and flagged as a deviation. Changing an already
+    recorded date needs a reason for change.
+    """
+    with ctx.study.db.transaction() as s:
+        visit = s.get(Visit, visit_id)
+        if visit is None or visit.subject.study_id != ctx.study.study_id:
+            raise NotFound(f"visit {visit_id} does not exist")
+        subj = visit.subject
+        ctx.require(Action.EDIT_DATA, subj.site.code)
+        errs = []
+        if actual > ctx.today():
+            errs.append(FieldError("actual_date", "not_future",
+                                   "Visit date must not be in the future"))
+        if actual < subj.consent_date:
+            errs.append(FieldError("actual_date", "after_consent",
+                                   f"Visit date must not be before informed consent "
+                                   f"({subj.consent_date.isoformat()})"))
+        if subj.status not in SubjectStatus.ACTIVE:
+            errs.append(FieldError("actual_date", "subject_active",
+                                   f"Subject is {SubjectStatus.LABELS[subj.status].lower()}"))
+        if visit.actual_date is not None and visit.actual_date != actual and not reason.strip():
+            errs.append(FieldError("reason", "reason_for_change",
+                                   "A reason for change is required to change a recorded "
+                                   "visit date"))
+        if errs:
+            raise ValidationFailed(errs)
+        deviation = window_deviation(actual, visit.window_start, visit.window_end)
+        AuditWriter(s, ctx.user.actor, now=ctx.now()).record_fields(
+            "update", "visit", f"{subj.screening_number}/{visit.visit_code}", {
+                "actual_date": (visit.actual_date, actual),
+                "status": (visit.status, "done"),
+                "deviation": (visit.deviation, deviation),
+            }, reason=reason.strip(), subject_id=subj.id)
+        visit.actual_date, visit.status, visit.deviation = actual, "done", deviation
+        return deviation
+
+
+def end_participation(ctx: UserContext, subject_id: int, status: str, on: date,
+                      reason: str) -> None:
+    """Withdraw, complete or screen-fail a subject, with the date and reason."""
+    allowed_from = {
+        SubjectStatus.WITHDRAWN: SubjectStatus.ACTIVE,
+        SubjectStatus.COMPLETED: frozenset({SubjectStatus.ON_STUDY}),
+        SubjectStatus.SCREEN_FAILED: frozenset({SubjectStatus.SCREENING}),
+    }
+    with ctx.study.db.transaction() as s:
+        subj = _subject(s, ctx, subject_id)
+        ctx.require(Action.CHANGE_STATUS, subj.site.code)
+        errs = []
+        if status not in allowed_from:
+            errs.append(FieldError("status", "codelist",
+                                   "Status must be withdrawn, completed or screen_failed"))
+        elif subj.status not in allowed_from[status]:
+            errs.append(FieldError("status", "transition",
+                                   f"A subject who is "
+                                   f"{SubjectStatus.LABELS[subj.status].lower()} cannot become "
+                                   f"{SubjectStatus.LABELS[status].lower()}"))
+        if not reason.strip():
+            errs.append(FieldError("reason", "required", "A reason is required"))
+        if on > ctx.today():
+            errs.append(FieldError("date", "not_future", "The date must not be in the future"))
+        if on < subj.consent_date:
+            errs.append(FieldError("date", "after_consent",
+                                   "The date must not be before informed consent"))
+        if errs:
+            raise ValidationFailed(errs)
+        AuditWriter(s, ctx.user.actor, now=ctx.now()).record_fields(
+            "update", "subject", subj.screening_number, {
+                "status": (subj.status, status), "status_date": (subj.status_date, on),
+                "status_reason": (subj.status_reason or None, reason.strip()),
+            }, reason=reason.strip(), subject_id=subj.id)
+        subj.status, subj.status_date, subj.status_reason = status, on, reason.strip()
+
+
+def list_subjects(ctx: UserContext) -> list[SubjectRow]:
+    """Every subject the user may see, with the next planned visit."""
+    ctx.require(Action.VIEW)
+    names = {v.code: v.name for v in ctx.study.protocol.visits}
+    with ctx.study.db.reading() as s:
+        next_visit = (select(Visit.subject_id, func.min(Visit.planned_date).label("due"))
+                      .where(Visit.status == "planned", Visit.planned_date.is_not(None))
+                      .group_by(Visit.subject_id).subquery())
+        q = (select(Subject.id, Subject.screening_number, Subject.initials, Site.code,
+                    Subject.arm, Subject.sex, Subject.birth_year, Subject.status,
+                    Subject.baseline_date, next_visit.c.due)
+             .join(Site, Subject.site_id == Site.id)
+             .outerjoin(next_visit, next_visit.c.subject_id == Subject.id)
+             .where(Subject.study_id == ctx.study.study_id)
+             .order_by(Subject.screening_number))
+        if ctx.user.site_code:
+            q = q.where(Site.code == ctx.user.site_code)
+        rows = s.execute(q).all()
+        due_codes = dict(s.execute(
+            select(Visit.subject_id, Visit.visit_code)
+            .join(next_visit, (next_visit.c.subject_id == Visit.subject_id)
+                  & (next_visit.c.due == Visit.planned_date))
+            .where(Visit.status == "planned")).all())
+    return [SubjectRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
+                       names.get(due_codes.get(r[0], ""), "")
+                       if r[7] in SubjectStatus.ACTIVE else "",
+                       r[9] if r[7] in SubjectStatus.ACTIVE else None) for r in rows]
+
+
+def subject_detail(ctx: UserContext, subject_id: int) -> SubjectDetail:
+    ctx.require(Action.VIEW)
+    protocol = ctx.study.protocol
+    today = ctx.today()
+    with ctx.study.db.reading() as s:
+        subj = _subject(s, ctx, subject_id)
+        if ctx.user.site_code not in (None, subj.site.code):
+            ctx.require(Action.VIEW, subj.site.code)
+        visits = [VisitRow(v.id, v.visit_code, protocol.visit(v.visit_code).name,
+                           protocol.visit(v.visit_code).day, v.planned_date, v.window_start,
+                           v.window_end, v.actual_date,
+                           visit_display_status(v.status, v.window_end, today)
+                           if subj.status in SubjectStatus.ACTIVE or v.status != "planned"
+                           else "not done",
+                           v.deviation) for v in subj.visits]
+        try:
+            arm_name = protocol.arm(subj.arm).name
+        except KeyError:
+            arm_name = subj.arm
+        return SubjectDetail(subj.id, subj.screening_number, subj.initials, subj.site.code,
+                             subj.site.name, subj.arm, arm_name, subj.sex, subj.birth_year,
+                             subj.consent_date, subj.enrolled_on, subj.baseline_date,
+                             subj.status, subj.status_reason, subj.status_date, visits)
