@@ -94,11 +94,8 @@ class Database:
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A read-only unit of work (no write lock taken)."""
-        with self._reader() as session:
-            try:
-                yield session
-            finally:
-                session.rollback()
+        with self._reader() as session:  # closing ends the transaction; objects stay loaded
+            yield session
 
     def dispose(self) -> None:
         self.engine.dispose()
