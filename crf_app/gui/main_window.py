@@ -1,0 +1,217 @@
+"""The main window: study header, subject list with filter, subject view."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import QItemSelection, QSortFilterProxyModel, Qt
+from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QFileDialog,
+    QFrame,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QMainWindow,
+    QMessageBox,
+    QSplitter,
+    QTableView,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from crf_app import __version__
+from crf_app.domain.errors import CrfError
+from crf_app.domain.roles import Action, allowed
+from crf_app.gui.enroll_dialog import EnrollDialog
+from crf_app.gui.resources import icon
+from crf_app.gui.subject_model import SubjectIdRole, SubjectTableModel
+from crf_app.gui.subject_view import SubjectView
+from crf_app.services import maintenance
+from crf_app.services.context import UserContext
+from crf_app.services.subjects import list_subjects
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, ctx: UserContext):
+        super().__init__()
+        self.ctx = ctx
+        study = ctx.study
+        self.setWindowTitle(f"crf-app — {study.oid}" + (" (DEMO)" if study.is_demo else ""))
+        self.setWindowIcon(icon("app"))
+        self.resize(1280, 780)
+
+        central = QWidget()
+        outer = QVBoxLayout(central)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(self._header())
+
+        self.model = SubjectTableModel(self)
+        self.proxy = QSortFilterProxyModel(self)
+        self.proxy.setSourceModel(self.model)
+        self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
+        self.proxy.setFilterKeyColumn(-1)
+        self.filter = QLineEdit()
+        self.filter.setObjectName("subjectFilter")
+        self.filter.setPlaceholderText("Filter subjects (number, initials, site, status…)  Ctrl+F")
+        self.filter.setClearButtonEnabled(True)
+        self.filter.textChanged.connect(self.proxy.setFilterFixedString)
+        self.table = QTableView()
+        self.table.setObjectName("subjectTable")
+        self.table.setModel(self.proxy)
+        self.table.setSortingEnabled(True)
+        self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setAlternatingRowColors(True)
+        self.table.verticalHeader().hide()
+        self.table.verticalHeader().setDefaultSectionSize(22)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.selectionModel().selectionChanged.connect(self._selection_changed)
+
+        left = QWidget()
+        left_layout = QVBoxLayout(left)
+        left_layout.addWidget(self.filter)
+        left_layout.addWidget(self.table)
+        self.subject_view = SubjectView(ctx)
+        self.subject_view.changed.connect(self._subject_changed)
+        splitter = QSplitter()
+        splitter.addWidget(left)
+        splitter.addWidget(self.subject_view)
+        splitter.setSizes([620, 660])
+        outer.addWidget(splitter, 1)
+        self.setCentralWidget(central)
+        self._actions()
+        self.count_label = QLabel()
+        self.statusBar().addPermanentWidget(self.count_label)
+        self.statusBar().addPermanentWidget(QLabel(f"Database: {study.location}"))
+        self.refresh()
+        for col, width in enumerate([115, 60, 45, 50, 40, 50, 100, 90, 130]):
+            self.table.setColumnWidth(col, width)
+
+    def _header(self) -> QFrame:
+        bar = QFrame()
+        bar.setObjectName("HeaderBar")
+        lay = QHBoxLayout(bar)
+        study = self.ctx.study
+        title = QLabel(study.title)
+        title.setObjectName("StudyHeader")
+        lay.addWidget(title, 1)
+        user = self.ctx.user
+        site = user.site_code or "all sites"
+        if user.site_code:
+            site = f"{user.site_code} — {study.protocol.site(user.site_code).name}"
+        info = QLabel(f"{study.oid} · protocol {study.protocol.protocol_number} "
+                      f"v{study.protocol.protocol_version}<br>Site: {site} · "
+                      f"{user.full_name} ({user.role.label})")
+        info.setObjectName("SubHeader")
+        info.setAlignment(Qt.AlignmentFlag.AlignRight)
+        lay.addWidget(info)
+        return bar
+
+    def _actions(self) -> None:
+        can_enroll = allowed(self.ctx.user.role, Action.ENROLL)
+        self.enroll_action = QAction(icon("enroll"), "&Enrol subject…", self)
+        self.enroll_action.setShortcut(QKeySequence.StandardKey.New)
+        self.enroll_action.setEnabled(can_enroll)
+        self.enroll_action.triggered.connect(self.enroll)
+        self.refresh_action = QAction(icon("refresh"), "&Refresh", self)
+        self.refresh_action.setShortcut(QKeySequence.StandardKey.Refresh)
+        self.refresh_action.triggered.connect(self.refresh)
+        self.backup_action = QAction(icon("backup"), "&Back up database…", self)
+        self.backup_action.triggered.connect(self.backup)
+        self.verify_action = QAction(icon("audit"), "&Verify audit trail", self)
+        self.verify_action.triggered.connect(self.verify_audit)
+        find = QAction("&Find subject", self)
+        find.setShortcut(QKeySequence.StandardKey.Find)
+        find.triggered.connect(lambda: (self.filter.setFocus(), self.filter.selectAll()))
+        quit_action = QAction(icon("logout"), "&Quit", self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        about = QAction("&About crf-app", self)
+        about.triggered.connect(self.about)
+
+        menu = self.menuBar()
+        file_menu = menu.addMenu("&File")
+        file_menu.addActions([self.backup_action, self.verify_action])
+        file_menu.addSeparator()
+        file_menu.addAction(quit_action)
+        subj = menu.addMenu("&Subjects")
+        subj.addActions([self.enroll_action, find])
+        view = menu.addMenu("&View")
+        view.addAction(self.refresh_action)
+        help_menu = menu.addMenu("&Help")
+        help_menu.addAction(about)
+        tb = QToolBar("Main")
+        tb.setObjectName("mainToolbar")
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        tb.addActions([self.enroll_action, self.refresh_action])
+        tb.addSeparator()
+        tb.addActions([self.backup_action, self.verify_action])
+        self.addToolBar(tb)
+
+    # --- behaviour ------------------------------------------------------------------------
+    def refresh(self) -> None:
+        current = self.current_subject_id()
+        rows = list_subjects(self.ctx)
+        self.model.set_rows(rows)
+        self.count_label.setText(f"{len(rows)} subjects")
+        if current is not None:
+            self.select_subject(current)
+
+    def current_subject_id(self) -> int | None:
+        rows = self.table.selectionModel().selectedRows()
+        return rows[0].data(SubjectIdRole) if rows else None
+
+    def select_subject(self, subject_id: int) -> bool:
+        for r in range(self.proxy.rowCount()):
+            idx = self.proxy.index(r, 0)
+            if idx.data(SubjectIdRole) == subject_id:
+                self.table.selectRow(r)
+                self.table.scrollTo(idx)
+                return True
+        return False
+
+    def _selection_changed(self, _sel: QItemSelection, _desel: QItemSelection) -> None:
+        self.subject_view.show_subject(self.current_subject_id())
+
+    def _subject_changed(self, subject_id: int) -> None:
+        self.refresh()
+        self.statusBar().showMessage("Saved.", 4000)
+        self.select_subject(subject_id)
+
+    def enroll(self) -> None:
+        dlg = EnrollDialog(self.ctx, self)
+        if dlg.exec() and dlg.subject_id is not None:
+            self.refresh()
+            self.select_subject(dlg.subject_id)
+            self.statusBar().showMessage("Subject enrolled.", 4000)
+
+    def backup(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Back up database", "crf-app-backup.db",
+                                              "SQLite database (*.db)")
+        if not path:
+            return
+        try:
+            written = maintenance.backup(self.ctx.study.db, path)
+        except CrfError as exc:
+            QMessageBox.warning(self, "Backup failed", str(exc))
+            return
+        self.statusBar().showMessage(f"Backup written to {written}", 6000)
+
+    def verify_audit(self) -> None:
+        report = maintenance.verify_audit(self.ctx.study.db)
+        if report.ok:
+            QMessageBox.information(self, "Audit trail",
+                                    f"The audit trail verifies: {report.events_checked} events, "
+                                    "hash chain intact.")
+        else:
+            QMessageBox.critical(self, "Audit trail broken",
+                                 f"Event {report.broken_event_id}: {report.problem}.")
+
+    def about(self) -> None:
+        QMessageBox.about(self, "About crf-app",
+                          f"crf-app {__version__}<br>Offline-first clinical-trial data capture."
+                          f"<br>Study: {self.ctx.study.title}")
