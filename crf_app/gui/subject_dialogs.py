@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFormLayout,
     QLabel,
+    QLayout,
     QLineEdit,
     QVBoxLayout,
     QWidget,
@@ -36,6 +37,7 @@ class DateReasonDialog(QDialog):
         self.action = action
         self.result_value: object = None
         layout = QVBoxLayout(self)
+        layout.setSizeConstraint(QLayout.SizeConstraint.SetMinimumSize)
         text = QLabel(intro)
         text.setWordWrap(True)
         layout.addWidget(text)
@@ -77,6 +79,7 @@ class DateReasonDialog(QDialog):
                 target = {"reason": self.reason_error, "status": self.other_error}.get(
                     e.field, self.date_error)
                 target.show_error(e.message)
+            self.adjustSize()
             return
         except CrfError as exc:
             self.other_error.show_error(str(exc))

@@ -55,6 +55,7 @@ class SubjectView(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setAlternatingRowColors(True)
+        self.table.setWordWrap(True)
         self.table.verticalHeader().hide()
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
@@ -97,6 +98,7 @@ class SubjectView(QWidget):
         self.facts["Status"].setText(status)
         self.facts["Reason"].setText(d.status_reason or "—")
         self.visits.set_rows(d.visits)
+        self.table.resizeRowsToContents()
         self._update_buttons()
 
     def _update_buttons(self) -> None:

@@ -220,3 +220,44 @@ class AuditEvent(Base):
     subject_id: Mapped[int | None] = mapped_column(Integer, index=True)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class Query(Base):
+    """A discrepancy on an item, a form or a log row: open → answered → closed (re-open allowed)."""
+
+    __tablename__ = "query"
+    __table_args__ = (Index("ix_query_target", "form_instance_id", "item_id", "row_index"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject_id: Mapped[int] = mapped_column(ForeignKey("subject.id"), index=True)
+    visit_id: Mapped[int | None] = mapped_column(ForeignKey("visit.id"))
+    form_instance_id: Mapped[int | None] = mapped_column(ForeignKey("form_instance.id"))
+    item_id: Mapped[str] = mapped_column(String(40), default="")
+    row_index: Mapped[int] = mapped_column(Integer, default=0)
+    target: Mapped[str] = mapped_column(String(20), default="item")
+    origin: Mapped[str] = mapped_column(String(10))
+    rule: Mapped[str] = mapped_column(String(60), default="")
+    state: Mapped[str] = mapped_column(String(10), index=True)
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    opened_by: Mapped[str] = mapped_column(String(64))
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    closed_by: Mapped[str | None] = mapped_column(String(64))
+    row_version: Mapped[int] = mapped_column(Integer, default=1)
+
+    messages: Mapped[list[QueryMessage]] = relationship(
+        back_populates="query", order_by="QueryMessage.id", cascade="all, delete-orphan")
+
+    __mapper_args__ = {"version_id_col": row_version}
+
+
+class QueryMessage(Base):
+    __tablename__ = "query_message"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    query_id: Mapped[int] = mapped_column(ForeignKey("query.id"), index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    by: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(10))
+    text: Mapped[str] = mapped_column(Text)
+
+    query: Mapped[Query] = relationship(back_populates="messages")

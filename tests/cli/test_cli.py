@@ -1,0 +1,102 @@
+"""The command line, run as a user runs it (a subprocess with its own exit code)."""
+
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import PASSWORD
+
+
+def crf(*args, stdin="", db=None):
+    cmd = [sys.executable, "-m", "crf_app"]
+    if db is not None:
+        cmd += ["--database", str(db)]
+    return subprocess.run([*cmd, *args], input=stdin, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("args", [[], ["init"], ["demo"], ["users"], ["users", "add"],
+                                  ["users", "list"], ["verify-audit"], ["backup"],
+                                  ["forms"], ["forms", "check"], ["forms", "dictionary"]])
+def test_help_for_every_command(args):
+    out = crf(*args, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "usage: crf-app" in out.stdout
+
+
+def test_init_creates_a_study_and_its_admin(tmp_path):
+    db = tmp_path / "real.db"
+    out = crf("init", "--admin", "boss", "--admin-name", "Bo Boss",
+              stdin=f"{PASSWORD}\n{PASSWORD}\n", db=db)
+    assert out.returncode == 0, out.stderr
+    assert "NASEMAX-PSR-01" in out.stdout
+    listing = crf("users", "list", db=db)
+    assert "boss" in listing.stdout and "admin" in listing.stdout
+    again = crf("init", "--admin", "boss2", "--admin-name", "B",
+                stdin=f"{PASSWORD}\n{PASSWORD}\n", db=db)
+    assert again.returncode == 1 and "already holds a study" in again.stderr
+
+
+def test_init_refuses_a_weak_password_and_writes_no_study(tmp_path):
+    db = tmp_path / "real.db"
+    out = crf("init", "--admin", "boss", "--admin-name", "Bo Boss", stdin="short\nshort\n", db=db)
+    assert out.returncode == 1 and "password" in out.stderr
+    assert "holds no study" in crf("users", "list", db=db).stderr
+
+
+def test_init_refuses_a_bad_protocol_file(tmp_path):
+    forms = tmp_path / "forms"
+    forms.mkdir()
+    (forms / "study.yaml").write_text("study_id: X\ntitel: typo\n", encoding="utf-8")
+    out = crf("init", "--forms", str(forms), "--admin", "a", "--admin-name", "A",
+              stdin="x\nx\n", db=tmp_path / "x.db")
+    assert out.returncode == 1
+    assert "study.yaml" in out.stderr and "titel" in out.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_demo_then_users_verify_and_backup(tmp_path):
+    db = tmp_path / "demo.db"
+    out = crf("demo", db=db)
+    assert out.returncode == 0, out.stderr
+    users = crf("users", "list", db=db).stdout
+    for name in ("admin", "coordinator", "investigator", "monitor", "datamanager"):
+        assert name in users
+    added = crf("users", "add", "nurse2", "--name", "Nora Nurse", "--role", "coordinator",
+                "--site", "S02", "--as", "admin", stdin=f"Demo-pass-2026\n{PASSWORD}\n", db=db)
+    assert added.returncode == 0, added.stderr
+    denied = crf("users", "add", "x2", "--name", "X", "--role", "monitor", "--as", "monitor",
+                 stdin=f"Demo-pass-2026\n{PASSWORD}\n", db=db)
+    assert denied.returncode == 1 and "may not manage user accounts" in denied.stderr
+    ok = crf("verify-audit", db=db)
+    assert ok.returncode == 0 and "chain intact" in ok.stdout
+    target = tmp_path / "copy.db"
+    assert crf("backup", str(target), db=db).returncode == 0
+    con = sqlite3.connect(target)
+    assert con.execute("select count(*) from subject").fetchone()[0] == 12
+    con.close()
+
+
+def test_verify_audit_catches_a_raw_sqlite_edit(study):
+    path = study.db.path
+    study.close()
+    con = sqlite3.connect(path)
+    con.execute("drop trigger audit_event_no_update")
+    con.execute("update audit_event set new_value = 'Forged' where id = 5")
+    con.commit()
+    con.close()
+    out = crf("verify-audit", db=path)
+    assert out.returncode == 1
+    assert "BROKEN at event 5" in out.stdout and "altered" in out.stdout
+
+
+@pytest.mark.parametrize("content", [b"just some text\n" * 50, b""])
+def test_cli_refuses_a_file_that_is_not_a_database(tmp_path, content):
+    path = tmp_path / "bad.db"
+    path.write_bytes(content)
+    out = crf("users", "list", db=path)
+    assert out.returncode == 1
+    assert ("not a SQLite database" in out.stderr) or ("holds no study" in out.stderr)
+    assert path.read_bytes() == content or content == b""
