@@ -131,3 +131,18 @@ def test_corrupt_database_is_refused(study):
     path.write_bytes(bytes(data))
     with pytest.raises(DatabaseRefused, match="damaged|integrity"):
         open_database(f"sqlite:///{path}")
+
+
+@pytest.mark.parametrize("fixture", sorted((__import__("pathlib").Path(__file__).parent / "data")
+                                           .glob("rev-*.db")), ids=lambda p: p.name)
+def test_database_from_every_released_revision_upgrades_with_its_data(tmp_path, fixture):
+    path = tmp_path / fixture.name
+    path.write_bytes(fixture.read_bytes())
+    before_counts, before = _row_counts(path)
+    db = open_database(f"sqlite:///{path}")
+    assert current_revision(db.engine) == head_revision()
+    db.dispose()
+    _after_counts, after = _row_counts(path)
+    for table, rows in before.items():
+        assert after[table] == rows, table
+    assert before_counts["subject"] == 1
