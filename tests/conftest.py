@@ -7,9 +7,9 @@ import os
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.pop("CRF_DATABASE_URL", None)
 
-import pytest  # noqa: E402
+import pytest
 
-from crf_app.services.passwords import use_fast_hashing_for_tests  # noqa: E402
+from crf_app.services.passwords import use_fast_hashing_for_tests
 
 use_fast_hashing_for_tests()
 
@@ -52,17 +52,22 @@ def db_url(tmp_path):
     return f"sqlite:///{tmp_path / 'study.db'}"
 
 
+@pytest.fixture(scope="session")
+def form_definitions():
+    from crf_app.domain.forms import load_form_library
+
+    return load_form_library(ROOT / "forms").to_dict()
+
+
 @pytest.fixture
-def study(db_url, protocol, request):
+def study(db_url, protocol, form_definitions):
     """A fresh study database with one account per role (passwords: PASSWORD)."""
     from crf_app.services.context import open_new_database
     from crf_app.services.setup import NewUser, add_user, create_study
     from crf_app.storage.audit import SYSTEM
 
-    forms = request.getfixturevalue("form_definitions") if "form_definitions" in \
-        request.fixturenames else {}
     db = open_new_database(db_url)
-    handle = create_study(db, protocol, forms,
+    handle = create_study(db, protocol, form_definitions,
                           admin=NewUser("admin", "Ada Admin", Role.ADMIN, PASSWORD))
     for role, (name, site) in ROLE_USERS.items():
         if role is not Role.ADMIN:

@@ -95,6 +95,13 @@ class RegimenDef(_Strict):
         return round(self.dose_mg_per_instillation.max * self.instillations_per_day.max, 6)
 
 
+class EligibilityRule(_Strict):
+    """Which computed yes/no item of which form decides eligibility (N = screen failure)."""
+
+    form: str
+    item: str
+
+
 class Protocol(_Strict):
     """A validated study protocol."""
 
@@ -107,6 +114,7 @@ class Protocol(_Strict):
     arms: list[ArmDef] = Field(min_length=1)
     visits: list[VisitDef] = Field(min_length=1)
     regimens: list[RegimenDef] = Field(min_length=1)
+    eligibility: EligibilityRule | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Protocol:

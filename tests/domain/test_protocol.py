@@ -1,4 +1,5 @@
 from datetime import date
+from pathlib import Path
 
 import pytest
 import yaml
@@ -43,7 +44,7 @@ def test_schedule_from_baseline(protocol):
 
 
 def _write(tmp_path, mutate):
-    data = yaml.safe_load(open("forms/study.yaml", encoding="utf-8"))
+    data = yaml.safe_load(Path("forms/study.yaml").read_text(encoding="utf-8"))
     mutate(data)
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")

@@ -73,7 +73,7 @@ def test_downgrade_and_upgrade_each_step_keeps_every_row(study, tmp_path, coordi
         upgrade_to(engine, rev)
         downgrade_to(engine, previous)
         upgrade_to(engine, "head")
-        counts_up, dump_up = _row_counts(path)
+        _counts_up, dump_up = _row_counts(path)
         for table in counts_down:
             assert dump_up[table] == dump_head[table], table
     engine.dispose()
@@ -129,7 +129,7 @@ def test_corrupt_database_is_refused(study):
     data = bytearray(path.read_bytes())
     data[100:4096 * 3] = b"\xff" * (4096 * 3 - 100)  # wreck the schema pages, keep the header
     path.write_bytes(bytes(data))
-    with pytest.raises(DatabaseRefused, match="damaged|integrity"):
+    with pytest.raises(DatabaseRefused, match=r"damaged|integrity"):
         open_database(f"sqlite:///{path}")
 
 
