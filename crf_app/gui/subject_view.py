@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QGridLayout,
@@ -10,18 +10,23 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QPushButton,
+    QSplitter,
     QTableView,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from crf_app.domain.roles import Action, allowed
 from crf_app.domain.subjects import SEXES, SubjectStatus
+from crf_app.gui.form_dialog import FormDialog
+from crf_app.gui.form_matrix import CellRole, FormMatrixModel
 from crf_app.gui.resources import icon
 from crf_app.gui.subject_dialogs import DateReasonDialog
 from crf_app.gui.subject_model import VisitTableModel
 from crf_app.services import subjects as svc
 from crf_app.services.context import UserContext
+from crf_app.services.forms import FormMatrix, form_matrix
 
 
 class SubjectView(QWidget):
@@ -60,8 +65,42 @@ class SubjectView(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.doubleClicked.connect(lambda _i: self.record_visit())
-        layout.addWidget(QLabel("<b>Visit timeline</b>"))
-        layout.addWidget(self.table, 1)
+        self.matrix = FormMatrixModel(self)
+        self.matrix_view = QTableView()
+        self.matrix_view.setObjectName("formMatrix")
+        self.matrix_view.setModel(self.matrix)
+        self.matrix_view.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.matrix_view.horizontalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents)
+        self.matrix_view.verticalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents)
+        self.matrix_view.activated.connect(self.open_form)
+        self.matrix_view.doubleClicked.connect(self.open_form)
+        visits_tab = QWidget()
+        vt = QVBoxLayout(visits_tab)
+        vt.setContentsMargins(0, 0, 0, 0)
+        split = QSplitter(Qt.Orientation.Vertical)
+        top = QWidget()
+        tl = QVBoxLayout(top)
+        tl.setContentsMargins(0, 0, 0, 0)
+        tl.addWidget(QLabel("<b>Visit timeline</b>"))
+        tl.addWidget(self.table)
+        bottom = QWidget()
+        bl = QVBoxLayout(bottom)
+        bl.setContentsMargins(0, 0, 0, 0)
+        bl.addWidget(QLabel("<b>Forms</b> — double-click or press Enter on a cell to open it"))
+        bl.addWidget(self.matrix_view)
+        legend = QLabel(self.matrix.legend())
+        legend.setObjectName("SubHeader")
+        bl.addWidget(legend)
+        split.addWidget(top)
+        split.addWidget(bottom)
+        split.setSizes([260, 300])
+        vt.addWidget(split)
+        self.tabs = QTabWidget()
+        self.tabs.setObjectName("subjectTabs")
+        self.tabs.addTab(visits_tab, "Visits && forms")
+        layout.addWidget(self.tabs, 1)
 
         buttons = QHBoxLayout()
         self.visit_button = QPushButton(icon("visit"), "Record &visit date…")
@@ -81,6 +120,7 @@ class SubjectView(QWidget):
             self.detail = None
             self.title.setText("Select a subject")
             self.visits.set_rows([])
+            self.matrix.set_matrix(FormMatrix([], [], {}))
             self._update_buttons()
             return
         d = self.detail = svc.subject_detail(self.ctx, subject_id)
@@ -99,6 +139,7 @@ class SubjectView(QWidget):
         self.facts["Reason"].setText(d.status_reason or "—")
         self.visits.set_rows(d.visits)
         self.table.resizeRowsToContents()
+        self.matrix.set_matrix(form_matrix(self.ctx, d.id))
         self._update_buttons()
 
     def _update_buttons(self) -> None:
@@ -158,6 +199,15 @@ class SubjectView(QWidget):
                                                                      day, reason),
             parent=self)
         if dlg.exec():
+            self._after_change()
+
+    def open_form(self, index) -> None:
+        cell = self.matrix.data(index, CellRole)
+        if cell is None or self.detail is None:
+            return
+        dlg = FormDialog(self.ctx, cell.visit_id, cell.form_id, self)
+        dlg.exec()
+        if dlg.saved_any:
             self._after_change()
 
     def _after_change(self) -> None:

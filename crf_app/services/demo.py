@@ -10,6 +10,7 @@ from crf_app.domain.roles import Role
 from crf_app.domain.subjects import Enrollment, SubjectStatus
 from crf_app.services.accounts import login
 from crf_app.services.context import StudyHandle, UserContext
+from crf_app.services.forms import save_form
 from crf_app.services.setup import NewUser, add_user, create_study
 from crf_app.services.subjects import (
     end_participation,
@@ -29,6 +30,31 @@ DEMO_ACCOUNTS: list[tuple[str, str, Role, str | None]] = [
     ("datamanager", "Dana Datamanager", Role.DATA_MANAGER, None),
 ]
 _INITIALS = ["ABK", "CDL", "EFM", "GHN", "IJ-", "KLP", "MNR", "OPS", "QRT", "STU", "VWX", "YZA"]
+
+
+_ELIGIBLE = {"IE_AGE": "Y", "IE_STROKE": "Y", "IE_ONSET": "Y", "IE_NIHSS": "Y",
+             "IE_CONSENT": "Y", "EX_ENDO": "N", "EX_PSYCH": "N", "EX_ANX": "N", "EX_MALIG": "N"}
+_NIHSS_MAX = {"NIH1A": 3, "NIH1B": 2, "NIH1C": 2, "NIH2": 2, "NIH3": 3, "NIH4": 3, "NIH5A": 4,
+              "NIH5B": 4, "NIH6A": 4, "NIH6B": 4, "NIH7": 2, "NIH8": 2, "NIH9": 3, "NIH10": 2,
+              "NIH11": 2}
+
+
+def _vitals(rng: random.Random) -> dict[str, str]:
+    return {"VSTIM": f"{rng.randint(8, 11):02d}:{rng.choice(['00', '15', '30', '45'])}",
+            "SYSBP": str(rng.randint(118, 150)), "DIABP": str(rng.randint(70, 92)),
+            "PULSE": str(rng.randint(60, 88)), "TEMP": f"{rng.uniform(36.2, 37.1):.1f}",
+            "WEIGHT": f"{rng.uniform(58, 96):.1f}", "HEIGHT": str(rng.randint(155, 188))}
+
+
+def _nihss(rng: random.Random, target: int) -> dict[str, str]:
+    """Item scores within each item's range adding up to about `target`."""
+    scores = dict.fromkeys(_NIHSS_MAX, 0)
+    items = list(_NIHSS_MAX)
+    while sum(scores.values()) < target:
+        item = rng.choice(items)
+        if scores[item] < _NIHSS_MAX[item]:
+            scores[item] += 1
+    return {k: str(v) for k, v in scores.items()}
 
 
 def create_demo_study(db: Database, protocol: Protocol, forms: dict, *,
@@ -72,11 +98,19 @@ def populate(ctx: UserContext, n: int, today: date, seed: int = 7) -> list[int]:
             enrolled_on=consent, baseline_date=None))
         ids.append(sid)
         detail = subject_detail(ctx, sid)
-        record_visit_date(ctx, detail.visits[0].id, consent + timedelta(days=2))
+        scr = detail.visits[0].id
+        record_visit_date(ctx, scr, consent + timedelta(days=2))
+        sex = "F" if i % 3 == 0 else "M"
+        eligibility = dict(_ELIGIBLE, SEX=sex, **({"EX_PREG": "N", "EX_LACT": "N"}
+                                                  if sex == "F" else {}))
         if stage == "screen_failed":
-            end_participation(ctx, sid, SubjectStatus.SCREEN_FAILED, consent + timedelta(days=2),
-                              "Exclusion criterion met: anxiety disorder")
+            eligibility["EX_ANX"] = "Y"  # an anxiety disorder: screen failure
+        if stage != "screening":
+            save_form(ctx, scr, "eligibility", eligibility, complete=True)
+        if stage == "screen_failed":
             continue
+        save_form(ctx, scr, "vital_signs", _vitals(rng), complete=True)
+        save_form(ctx, scr, "nihss", _nihss(rng, 12), complete=True)
         if baseline is None:
             continue
         set_baseline(ctx, sid, baseline)
@@ -90,6 +124,11 @@ def populate(ctx: UserContext, n: int, today: date, seed: int = 7) -> list[int]:
             if actual > today:
                 break
             record_visit_date(ctx, v.id, actual)
+            vitals = _vitals(rng)
+            if i == 3 and v.code == "D7":
+                vitals["SYSBP"] = "188"  # above the soft limit: an automatic query
+            save_form(ctx, v.id, "vital_signs", vitals, complete=True)
+            save_form(ctx, v.id, "nihss", _nihss(rng, max(2, 12 - v.day // 3)), complete=True)
         if stage == "completed":
             end_participation(ctx, sid, SubjectStatus.COMPLETED, today - timedelta(days=9),
                               "Completed the follow-up visit per protocol")

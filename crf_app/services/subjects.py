@@ -20,6 +20,7 @@ from crf_app.domain.subjects import (
     window_deviation,
 )
 from crf_app.services.context import UserContext
+from crf_app.services.forms import eligibility_verdict
 from crf_app.storage.audit import AuditWriter
 from crf_app.storage.models import Site, Subject, Visit
 
@@ -133,6 +134,10 @@ def set_baseline(ctx: UserContext, subject_id: int, baseline: date, reason: str 
             errs.append(FieldError("baseline_date", "subject_active",
                                    f"Subject is {SubjectStatus.LABELS[subj.status].lower()}; "
                                    "its baseline can no longer change"))
+        if eligibility_verdict(s, ctx, subj.id) == "N":
+            errs.append(FieldError("baseline_date", "eligible",
+                                   "The subject did not meet the eligibility criteria and "
+                                   "cannot be randomised"))
         if subj.baseline_date is not None and subj.baseline_date != baseline and not reason.strip():
             errs.append(FieldError("reason", "reason_for_change",
                                    "A reason for change is required to change the baseline date"))
