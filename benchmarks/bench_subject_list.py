@@ -24,12 +24,12 @@ def run():
     win.show()
     app.processEvents()
     open_s = time.perf_counter() - t0
-    assert win.proxy.rowCount() == N
+    assert win.model.rowCount() == N
 
     def _filter():
         win.filter.setText("S03-0999")
         app.processEvents()
-        n = win.proxy.rowCount()
+        n = win.model.rowCount()
         win.filter.setText("")
         app.processEvents()
         return n
@@ -38,7 +38,7 @@ def run():
     win.filter.setText("S03-0999")
     app.processEvents()
     filter_s = time.perf_counter() - t0
-    matched = win.proxy.rowCount()
+    matched = win.model.rowCount()
     win.close()
     study.close()
     yield ("list_subjects() query, 10,000 subjects", f"{query_s * 1000:.0f} ms", "")

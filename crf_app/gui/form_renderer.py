@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from crf_app.domain.forms import FormDef, FormResult, ItemDef, validate_form
+from crf_app.domain.forms import FormDef, FormResult, ItemDef, display_value, validate_form
 from crf_app.gui.form_editors import ItemEditor, make_editor
 
 
@@ -67,6 +67,7 @@ class RowTable(QWidget):
         outer.addLayout(self.grid)
         self.add_button = QPushButton(f"+ Add row to {section.title.lower()}")
         self.add_button.setObjectName(f"add_{section.id}")
+        self.add_button.setAutoDefault(False)
         self.add_button.clicked.connect(lambda: (self.add_row(), self.changed.emit()))
         outer.addWidget(self.add_button, 0, Qt.AlignmentFlag.AlignLeft)
 
@@ -220,6 +221,8 @@ class FormRenderer(QWidget):
             self.layouts[iid].setRowVisible(ed.parentWidget(), not hidden)
             if ed.item.is_computed:
                 value = res.computed.get(iid)
+                if isinstance(value, str) and ed.item.codes:
+                    value = display_value(ed.item, value)  # "Yes", not "Y"
                 ed.set_value(value if isinstance(value, str) else "")
             errs = [i.message for i in res.errors if i.row is None and iid == i.item_id]
             warns = [i.message for i in res.warnings if i.row is None and iid == i.item_id]

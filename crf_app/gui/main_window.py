@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QItemSelection, QSortFilterProxyModel, Qt
+from PySide6.QtCore import QItemSelection, Qt
 from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -48,20 +48,16 @@ class MainWindow(QMainWindow):
         outer.addWidget(self._header())
 
         self.model = SubjectTableModel(self)
-        self.proxy = QSortFilterProxyModel(self)
-        self.proxy.setSourceModel(self.model)
-        self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
-        self.proxy.setFilterKeyColumn(-1)
         self.filter = QLineEdit()
         self.filter.setObjectName("subjectFilter")
         self.filter.setPlaceholderText("Filter subjects (number, initials, site, status…)  Ctrl+F")
         self.filter.setClearButtonEnabled(True)
-        self.filter.textChanged.connect(self.proxy.setFilterFixedString)
+        self.filter.textChanged.connect(self._filter_changed)
         self.table = QTableView()
         self.table.setObjectName("subjectTable")
-        self.table.setModel(self.proxy)
+        self.table.setModel(self.model)
+        self.table.horizontalHeader().setSortIndicator(0, Qt.SortOrder.AscendingOrder)
         self.table.setSortingEnabled(True)
-        self.table.sortByColumn(0, Qt.SortOrder.AscendingOrder)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setAlternatingRowColors(True)
@@ -157,7 +153,19 @@ class MainWindow(QMainWindow):
         current = self.current_subject_id()
         rows = list_subjects(self.ctx)
         self.model.set_rows(rows)
-        self.count_label.setText(f"{len(rows)} subjects")
+        self._show_count()
+        if current is not None:
+            self.select_subject(current)
+
+    def _show_count(self) -> None:
+        shown, total = self.model.rowCount(), self.model.total()
+        self.count_label.setText(f"{total} subjects" if shown == total
+                                 else f"{shown} of {total} subjects")
+
+    def _filter_changed(self, text: str) -> None:
+        current = self.current_subject_id()
+        self.model.set_filter(text)
+        self._show_count()
         if current is not None:
             self.select_subject(current)
 
@@ -166,8 +174,8 @@ class MainWindow(QMainWindow):
         return rows[0].data(SubjectIdRole) if rows else None
 
     def select_subject(self, subject_id: int) -> bool:
-        for r in range(self.proxy.rowCount()):
-            idx = self.proxy.index(r, 0)
+        for r in range(self.model.rowCount()):
+            idx = self.model.index(r, 0)
             if idx.data(SubjectIdRole) == subject_id:
                 self.table.selectRow(r)
                 self.table.scrollTo(idx)

@@ -45,11 +45,11 @@ def test_login_dialog_refuses_wrong_password_then_logs_in(qtbot, study):
 def test_main_window_lists_and_filters_subjects(qtbot, study, coordinator, enrolled):
     win = MainWindow(coordinator)
     qtbot.addWidget(win)
-    assert win.proxy.rowCount() == 3
+    assert win.model.rowCount() == 3
     assert "NASEMAX-PSR-01" in win.windowTitle()
     qtbot.keyClicks(win.filter, "ghi")
-    assert win.proxy.rowCount() == 1
-    assert win.proxy.index(0, 0).data() == "S01-003"
+    assert win.model.rowCount() == 1
+    assert win.model.index(0, 0).data() == "S01-003"
     win.filter.clear()
     assert win.select_subject(enrolled[0])
     assert win.subject_view.title.text().startswith("Subject S01-001")
@@ -129,3 +129,15 @@ def test_monitor_cannot_enrol_from_the_window(qtbot, as_role, enrolled):
     win.select_subject(enrolled[0])
     assert not win.subject_view.visit_button.isEnabled()
     assert date.today().year > 2000
+
+
+def test_subject_list_sorts_and_filters_in_the_model(qtmodeltester, coordinator, enrolled):
+    m = SubjectTableModel()
+    m.set_rows(svc.list_subjects(coordinator))
+    m.sort(1, Qt.SortOrder.DescendingOrder)
+    assert [m.index(r, 1).data() for r in range(m.rowCount())] == ["GHI", "DEF", "ABC"]
+    m.set_filter("  def ")
+    assert m.rowCount() == 1 and m.row(0).initials == "DEF" and m.total() == 3
+    qtmodeltester.check(m)
+    m.set_filter("")
+    assert m.rowCount() == 3
