@@ -79,3 +79,20 @@ def create_user(ctx: UserContext, new: NewUser) -> None:
     """An admin or data manager adds an account; audited."""
     ctx.require(Action.MANAGE_USERS)
     add_user(ctx.study.db, ctx.user.actor, new)
+
+
+def unlock_user(ctx: UserContext, username: str, reason: str) -> None:
+    """An admin or data manager unlocks an account locked by failed logins; audited."""
+    from crf_app.domain.errors import FieldError, NotFound, ValidationFailed
+
+    ctx.require(Action.MANAGE_USERS)
+    if not reason.strip():
+        raise ValidationFailed(FieldError("reason", "required", "A reason is required"))
+    with ctx.study.db.transaction() as s:
+        user = s.execute(select(User).where(User.username == username)).scalar_one_or_none()
+        if user is None:
+            raise NotFound(f"user {username!r} does not exist")
+        AuditWriter(s, ctx.user.actor, now=ctx.now()).record(
+            "update", "user", username, field="failed_logins", old=user.failed_logins, new=0,
+            reason=reason.strip())
+        user.failed_logins = 0

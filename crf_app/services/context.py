@@ -116,9 +116,21 @@ class UserContext:
     def require(self, action: Action, site_code: str | None = None) -> None:
         """Refuse (PermissionDenied) unless the user's role allows `action` at `site_code`."""
         if not allowed(self.user.role, action):
-            raise PermissionDenied(f"{self.user.role.label} {self.user.username!r} may not "
-                                   f"{action.value}")
+            self._refuse(f"{self.user.role.label} {self.user.username!r} may not "
+                         f"{action.value}", action, site_code)
         if site_code is not None and self.user.site_code not in (None, site_code):
-            raise PermissionDenied(f"{self.user.username!r} works at site "
-                                   f"{self.user.site_code} and may not {action.value} at "
-                                   f"site {site_code}")
+            self._refuse(f"{self.user.username!r} works at site {self.user.site_code} and may "
+                         f"not {action.value} at site {site_code}", action, site_code)
+
+    def _refuse(self, message: str, action: Action, site_code: str | None) -> None:
+        """Log the refused attempt in the audit trail (its own transaction), then refuse."""
+        from crf_app.storage.audit import AuditWriter
+
+        def log() -> None:
+            with self.study.db.transaction() as s:
+                AuditWriter(s, self.user.actor, now=self.now()).record(
+                    "permission_denied", "user", self.user.username, field=action.name.lower(),
+                    new=site_code, reason=message)
+
+        self.study.db.after_transaction(log)
+        raise PermissionDenied(message)

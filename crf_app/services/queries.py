@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from crf_app.domain.errors import FieldError, NotFound, ValidationFailed
+from crf_app.domain.roles import Action
+from crf_app.services.context import UserContext
 from crf_app.storage.audit import AuditWriter
-from crf_app.storage.models import FormInstance, Query, QueryMessage, Subject, Visit
+from crf_app.storage.models import FormInstance, Query, QueryMessage, Site, Subject, Visit
 
 if TYPE_CHECKING:
     from crf_app.domain.forms import FormDef, FormResult
-    from crf_app.services.context import UserContext
 
 SYSTEM_USER = "system (edit check)"
 
@@ -54,3 +58,181 @@ def sync_auto_queries(s: Session, audit: AuditWriter, subj: Subject, visit: Visi
         q.state, q.closed_at, q.closed_by = "closed", now, SYSTEM_USER
         closed.append(q.messages[0].text if q.messages else q.rule)
     return opened, closed
+
+
+# --- the query workflow -----------------------------------------------------------------------
+# States: open → answered → closed; closed → open again (re-open). Monitors and data managers
+# raise, close and re-open; coordinators and investigators answer.
+
+
+
+
+@dataclass(frozen=True)
+class QueryRow:
+    id: int
+    subject_id: int
+    subject: str
+    site: str
+    visit: str
+    form_id: str
+    item_id: str
+    row: int
+    origin: str
+    state: str
+    opened_at: datetime
+    opened_by: str
+    age_days: int
+    last_message: str
+
+
+@dataclass(frozen=True)
+class QueryMessageRow:
+    at: datetime
+    by: str
+    kind: str
+    text: str
+
+
+def _text(text: str, field: str = "text") -> str:
+    text = (text or "").strip()
+    if not text:
+        raise ValidationFailed(FieldError(field, "required", "A message is required"))
+    if any(ord(c) < 32 and c not in "\n\t" for c in text):
+        raise ValidationFailed(FieldError(field, "control_characters",
+                                          "The message contains control characters"))
+    return text
+
+
+def raise_query(ctx: UserContext, visit_id: int, form_id: str, item_id: str, text: str,
+                row: int = 0) -> int:
+    """A monitor or data manager questions an item of a saved form; returns the query id."""
+    ctx.require(Action.RAISE_QUERY)
+    text = _text(text)
+    with ctx.study.db.transaction() as s:
+        fi = s.execute(select(FormInstance).where(FormInstance.visit_id == visit_id,
+                                                  FormInstance.form_id == form_id)
+                       ).scalar_one_or_none()
+        if fi is None:
+            raise NotFound(f"form {form_id} has not been saved for this visit yet")
+        visit = fi.visit
+        subj = visit.subject
+        if subj.study_id != ctx.study.study_id:
+            raise NotFound(f"visit {visit_id} does not exist in this study")
+        ctx.require(Action.RAISE_QUERY, subj.site.code)
+        from crf_app.services.forms import form_library
+
+        form = form_library(ctx.study).get(form_id)
+        if item_id and item_id not in {i.id for i in form.items}:
+            raise ValidationFailed(FieldError("item", "unknown_item",
+                                              f"Form {form_id} has no item {item_id}"))
+        now = ctx.now()
+        q = Query(subject_id=subj.id, visit_id=visit.id, form_instance_id=fi.id,
+                  item_id=item_id, row_index=row, target="item" if item_id else "form",
+                  origin="manual", rule="", state="open", opened_at=now,
+                  opened_by=ctx.user.username)
+        q.messages.append(QueryMessage(at=now, by=ctx.user.username, kind="open", text=text))
+        s.add(q)
+        s.flush()
+        AuditWriter(s, ctx.user.actor, now=now).record(
+            "create", "query", q.id, field="state", new="open", reason=text, subject_id=subj.id)
+        return q.id
+
+
+_TRANSITIONS = {
+    "answer": (Action.ANSWER_QUERY, {"open"}, "answered"),
+    "close": (Action.CLOSE_QUERY, {"open", "answered"}, "closed"),
+    "reopen": (Action.CLOSE_QUERY, {"closed", "answered"}, "open"),
+}
+
+
+def _transition(ctx: UserContext, query_id: int, kind: str, text: str) -> None:
+    action, from_states, to_state = _TRANSITIONS[kind]
+    ctx.require(action)
+    text = _text(text)
+    with ctx.study.db.transaction() as s:
+        q = s.get(Query, query_id)
+        if q is None:
+            raise NotFound(f"query {query_id} does not exist")
+        subj = s.get(Subject, q.subject_id)
+        if subj is None or subj.study_id != ctx.study.study_id:
+            raise NotFound(f"query {query_id} does not exist")
+        ctx.require(action, subj.site.code)
+        if q.state not in from_states:
+            raise ValidationFailed(FieldError(
+                "state", "transition", f"Query {query_id} is {q.state}; it cannot be "
+                f"{'closed' if kind == 'close' else kind + 'ed'} now"))
+        now = ctx.now()
+        q.messages.append(QueryMessage(at=now, by=ctx.user.username, kind=kind, text=text))
+        AuditWriter(s, ctx.user.actor, now=now).record(
+            "update", "query", q.id, field="state", old=q.state, new=to_state, reason=text,
+            subject_id=subj.id)
+        q.state = to_state
+        if to_state == "closed":
+            q.closed_at, q.closed_by = now, ctx.user.username
+        else:
+            q.closed_at, q.closed_by = None, None
+
+
+def answer_query(ctx: UserContext, query_id: int, text: str) -> None:
+    """Site staff answer an open query."""
+    _transition(ctx, query_id, "answer", text)
+
+
+def close_query(ctx: UserContext, query_id: int, text: str) -> None:
+    """A monitor or data manager closes a query (refused when it is already closed)."""
+    _transition(ctx, query_id, "close", text)
+
+
+def reopen_query(ctx: UserContext, query_id: int, text: str) -> None:
+    _transition(ctx, query_id, "reopen", text)
+
+
+def list_queries(ctx: UserContext, *, site: str | None = None, subject_id: int | None = None,
+                 state: str | None = None, min_age_days: int | None = None,
+                 origin: str | None = None) -> list[QueryRow]:
+    """The study's queries, filterable by site, subject, state, age and origin."""
+    ctx.require(Action.VIEW)
+    now = ctx.now()
+    protocol = ctx.study.protocol
+    with ctx.study.db.reading() as s:
+        q = (select(Query, Subject.screening_number, Site.code, Visit.visit_code,
+                    FormInstance.form_id)
+             .join(Subject, Query.subject_id == Subject.id)
+             .join(Site, Subject.site_id == Site.id)
+             .outerjoin(Visit, Query.visit_id == Visit.id)
+             .outerjoin(FormInstance, Query.form_instance_id == FormInstance.id)
+             .where(Subject.study_id == ctx.study.study_id)
+             .order_by(Query.opened_at, Query.id))
+        site = site or ctx.user.site_code
+        if site:
+            q = q.where(Site.code == site)
+        if subject_id is not None:
+            q = q.where(Query.subject_id == subject_id)
+        if state:
+            q = q.where(Query.state == state)
+        if origin:
+            q = q.where(Query.origin == origin)
+        rows = []
+        last = dict(s.execute(
+            select(QueryMessage.query_id, QueryMessage.text)
+            .where(QueryMessage.id.in_(select(func.max(QueryMessage.id))
+                                       .group_by(QueryMessage.query_id)))).all())
+        for query, number, site_code, visit_code, form_id in s.execute(q):
+            age = (now - query.opened_at).days
+            if min_age_days is not None and age < min_age_days:
+                continue
+            visit_name = protocol.visit(visit_code).name if visit_code else ""
+            rows.append(QueryRow(query.id, query.subject_id, number, site_code, visit_name,
+                                 form_id or "", query.item_id, query.row_index, query.origin,
+                                 query.state, query.opened_at, query.opened_by, age,
+                                 last.get(query.id, "")))
+        return rows
+
+
+def query_thread(ctx: UserContext, query_id: int) -> list[QueryMessageRow]:
+    ctx.require(Action.VIEW)
+    with ctx.study.db.reading() as s:
+        q = s.get(Query, query_id)
+        if q is None:
+            raise NotFound(f"query {query_id} does not exist")
+        return [QueryMessageRow(m.at, m.by, m.kind, m.text) for m in q.messages]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -80,6 +81,7 @@ class Database:
         self._writer = sessionmaker(engine, expire_on_commit=False)
         self._reader = sessionmaker(engine.execution_options(crf_read_only=True),
                                     expire_on_commit=False)
+        self._local = threading.local()
 
     @property
     def path(self) -> Path | None:
@@ -87,9 +89,31 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """One write transaction: commits at the end, rolls back everything on any error."""
-        with self._writer() as session, session.begin():
-            yield session
+        """One write transaction: commits at the end, rolls back everything on any error.
+
+        Work queued with `after_transaction` while it is open runs once it has ended, whether
+        it committed or rolled back (e.g. logging a refused action that rolled it back).
+        """
+        depth = getattr(self._local, "depth", 0)
+        self._local.depth = depth + 1
+        if depth == 0:
+            self._local.pending = []
+        try:
+            with self._writer() as session, session.begin():
+                yield session
+        finally:
+            self._local.depth = depth
+            if depth == 0:
+                pending, self._local.pending = self._local.pending, []
+                for callback in pending:
+                    callback()
+
+    def after_transaction(self, callback: Callable[[], None]) -> None:
+        """Run `callback` now, or after the transaction open in this thread has ended."""
+        if getattr(self._local, "depth", 0):
+            self._local.pending.append(callback)
+        else:
+            callback()
 
     @contextmanager
     def reading(self) -> Iterator[Session]:
