@@ -71,6 +71,13 @@ class FormDialog(QDialog):
         self.save_button.setAutoDefault(False)
         self.close_button = QPushButton("Close")
         self.close_button.setAutoDefault(False)
+        self.query_button = QPushButton("Raise &query…")
+        self.query_button.setAutoDefault(False)
+        self.query_button.setVisible(allowed(ctx.user.role, Action.RAISE_QUERY))
+        self.query_button.setEnabled(snap.saved)
+        self.query_button.clicked.connect(self.raise_query)
+        self.ask_query = self._ask_query  # replaced in tests
+        buttons.addWidget(self.query_button)
         buttons.addWidget(self.save_button)
         buttons.addWidget(self.close_button)
         layout.addLayout(buttons)
@@ -148,6 +155,31 @@ class FormDialog(QDialog):
             note += " The subject is not eligible: recorded as a screen failure."
         self.status_label.setText(self.status_label.text() + " · " + note)
         return True
+
+    def _ask_query(self) -> tuple[str, str] | None:
+        items = [i for i in self.snapshot.form.items if not i.is_computed]
+        labels = [f"{i.label} ({i.id})" for i in items]
+        choice, ok = QInputDialog.getItem(self, "Raise query", "Item:", labels, 0, False)
+        if not ok:
+            return None
+        text, ok = QInputDialog.getMultiLineText(self, "Raise query", "Question for the site:")
+        return (items[labels.index(choice)].id, text) if ok else None
+
+    def raise_query(self) -> None:
+        from crf_app.services.queries import raise_query
+
+        answer = self.ask_query()
+        if answer is None:
+            return
+        try:
+            raise_query(self.ctx, self.visit_id, self.form_id, answer[0], answer[1])
+        except CrfError as exc:
+            self.error.show_error(str(exc))
+            return
+        self.snapshot = svc.open_form(self.ctx, self.visit_id, self.form_id)
+        self.renderer.set_queries(self.snapshot.open_queries)
+        self.saved_any = True  # the subject view refreshes its query badges
+        self.status_label.setText(self.status_label.text() + " · query raised")
 
     def closeEvent(self, event) -> None:
         if self.dirty:

@@ -126,6 +126,13 @@ class MainWindow(QMainWindow):
         quit_action = QAction(icon("logout"), "&Quit", self)
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
+        self.queries_action = QAction("&Queries…", self)
+        self.queries_action.setShortcut("Ctrl+Shift+Q")
+        self.queries_action.triggered.connect(self.show_queries)
+        self.audit_action = QAction(icon("audit"), "&Audit trail…", self)
+        self.audit_action.setShortcut("Ctrl+Shift+A")
+        self.audit_action.setEnabled(allowed(self.ctx.user.role, Action.VIEW_AUDIT))
+        self.audit_action.triggered.connect(self.show_audit)
         about = QAction("&About crf-app", self)
         about.triggered.connect(self.about)
 
@@ -136,6 +143,8 @@ class MainWindow(QMainWindow):
         file_menu.addAction(quit_action)
         subj = menu.addMenu("&Subjects")
         subj.addActions([self.enroll_action, find])
+        monitoring = menu.addMenu("&Monitoring")
+        monitoring.addActions([self.queries_action, self.audit_action])
         view = menu.addMenu("&View")
         view.addAction(self.refresh_action)
         help_menu = menu.addMenu("&Help")
@@ -144,6 +153,8 @@ class MainWindow(QMainWindow):
         tb.setObjectName("mainToolbar")
         tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         tb.addActions([self.enroll_action, self.refresh_action])
+        tb.addSeparator()
+        tb.addActions([self.queries_action, self.audit_action])
         tb.addSeparator()
         tb.addActions([self.backup_action, self.verify_action])
         self.addToolBar(tb)
@@ -218,6 +229,19 @@ class MainWindow(QMainWindow):
         else:
             QMessageBox.critical(self, "Audit trail broken",
                                  f"Event {report.broken_event_id}: {report.problem}.")
+
+    def show_queries(self) -> None:
+        from crf_app.gui.query_list import QueryListDialog
+
+        QueryListDialog(self.ctx, self).exec()
+        self.refresh()
+
+    def show_audit(self) -> None:
+        from crf_app.gui.audit_viewer import AuditViewerDialog
+
+        sid = self.current_subject_id()
+        AuditViewerDialog(self.ctx, self, subject_id=sid,
+                          title=self.subject_view.title.text() if sid else "whole study").exec()
 
     def about(self) -> None:
         QMessageBox.about(self, "About crf-app",

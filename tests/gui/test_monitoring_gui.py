@@ -1,0 +1,66 @@
+"""The monitoring cycle through the real windows: query raised, answered, corrected, closed."""
+
+from datetime import date
+
+from crf_app.domain.roles import Role
+from crf_app.domain.subjects import Enrollment
+from crf_app.gui.audit_viewer import AuditViewerDialog
+from crf_app.gui.form_dialog import FormDialog
+from crf_app.gui.query_list import QueryListDialog
+from crf_app.services import forms as fsvc
+from crf_app.services import subjects as svc
+from tests.conftest import fixed_clock
+
+VITALS = {"SYSBP": "128", "DIABP": "82", "PULSE": "72", "TEMP": "36.6", "WEIGHT": "80.0",
+          "HEIGHT": "180"}
+
+
+def test_query_cycle_in_the_gui(qtbot, as_role):
+    coord, mon = as_role(Role.COORDINATOR), as_role(Role.MONITOR)
+    coord.clock = mon.clock = fixed_clock()
+    sid = svc.enroll_subject(coord, Enrollment("S01-001", "S01", "ABC", 1960, "F", "NSX",
+                                               date(2026, 11, 1), date(2026, 11, 1)))
+    vid = svc.subject_detail(coord, sid).visits[0].id
+    fsvc.save_form(coord, vid, "vital_signs", VITALS, complete=True)
+
+    # the monitor raises a query from the form; the form is read-only for them
+    form = FormDialog(mon, vid, "vital_signs")
+    qtbot.addWidget(form)
+    assert not form.save_button.isEnabled() and form.query_button.isVisibleTo(form)
+    form.ask_query = lambda: ("PULSE", "Source document says 78")
+    form.raise_query()
+    assert "Source document says 78" in form.renderer.messages["PULSE"].text()
+
+    # the coordinator answers in the query list and corrects the value with a reason
+    ql = QueryListDialog(coord)
+    qtbot.addWidget(ql)
+    assert ql.model.rowCount() == 1 and not ql.close_button.isEnabled()
+    ql.table.selectRow(0)
+    assert ql.answer_button.isEnabled()
+    ql.ask_text = lambda title: "Corrected to 78 from source"
+    ql.answer_button.click()
+    assert ql.model.rows[0].state == "answered"
+    entry = FormDialog(coord, vid, "vital_signs")
+    qtbot.addWidget(entry)
+    entry.renderer.editors["PULSE"].set_value("78")
+    entry.ask_reason = lambda: "Transcription error, corrected from source"
+    assert entry.save()
+
+    # the monitor closes it; the thread shows every step
+    ql2 = QueryListDialog(mon)
+    qtbot.addWidget(ql2)
+    ql2.table.selectRow(0)
+    ql2.ask_text = lambda title: "Confirmed against source"
+    ql2.close_button.click()
+    ql2.state.setCurrentIndex(ql2.state.findData("closed"))
+    assert [r.state for r in ql2.model.rows] == ["closed"]
+    ql2.table.selectRow(0)
+    thread = ql2.thread.toPlainText()
+    assert "Source document says 78" in thread and "Confirmed against source" in thread
+
+    # the audit viewer shows the correction with its reason
+    av = AuditViewerDialog(mon, subject_id=sid)
+    qtbot.addWidget(av)
+    av.field.setText("PULSE")
+    rows = [(r.old, r.new, r.reason) for r in av.model.rows]
+    assert ("72", "78", "Transcription error, corrected from source") in rows
