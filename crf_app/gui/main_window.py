@@ -84,6 +84,9 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.count_label)
         self.statusBar().addPermanentWidget(QLabel(f"Database: {study.location}"))
         self.refresh()
+        from crf_app.gui.idle_lock import IdleLock
+
+        self.idle_lock = IdleLock(self, ctx)
         for col, width in enumerate([115, 60, 45, 50, 40, 50, 100, 90, 130]):
             self.table.setColumnWidth(col, width)
 

@@ -64,3 +64,22 @@ def test_query_cycle_in_the_gui(qtbot, as_role):
     av.field.setText("PULSE")
     rows = [(r.old, r.new, r.reason) for r in av.model.rows]
     assert ("72", "78", "Transcription error, corrected from source") in rows
+
+
+def test_idle_lock_asks_for_the_same_users_password(qtbot, as_role, study):
+    from crf_app.gui.idle_lock import IdleLock
+    from crf_app.gui.main_window import MainWindow
+    from tests.conftest import PASSWORD
+
+    coord = as_role(Role.COORDINATOR)
+    win = MainWindow(coord)
+    qtbot.addWidget(win)
+    lock = IdleLock(win, coord, minutes=0.001)  # 60 ms
+    qtbot.waitUntil(lambda: lock.locked, timeout=3000)
+    assert not win.isEnabled()
+    lock.dialog.password.setText("wrong-password-9")
+    lock.dialog.try_unlock()
+    assert lock.locked and "Wrong" in lock.dialog.error.text()
+    lock.dialog.password.setText(PASSWORD)
+    lock.dialog.try_unlock()
+    assert not lock.locked and win.isEnabled()
