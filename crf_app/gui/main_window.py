@@ -136,6 +136,8 @@ class MainWindow(QMainWindow):
         self.audit_action.setShortcut("Ctrl+Shift+A")
         self.audit_action.setEnabled(allowed(self.ctx.user.role, Action.VIEW_AUDIT))
         self.audit_action.triggered.connect(self.show_audit)
+        self.dashboard_action = QAction("Study &dashboard…", self)
+        self.dashboard_action.triggered.connect(self.show_dashboard)
         about = QAction("&About crf-app", self)
         about.triggered.connect(self.about)
 
@@ -147,7 +149,7 @@ class MainWindow(QMainWindow):
         subj = menu.addMenu("&Subjects")
         subj.addActions([self.enroll_action, find])
         monitoring = menu.addMenu("&Monitoring")
-        monitoring.addActions([self.queries_action, self.audit_action])
+        monitoring.addActions([self.queries_action, self.audit_action, self.dashboard_action])
         view = menu.addMenu("&View")
         view.addAction(self.refresh_action)
         help_menu = menu.addMenu("&Help")
@@ -245,6 +247,23 @@ class MainWindow(QMainWindow):
         sid = self.current_subject_id()
         AuditViewerDialog(self.ctx, self, subject_id=sid,
                           title=self.subject_view.title.text() if sid else "whole study").exec()
+
+    def show_dashboard(self) -> None:
+        from crf_app.gui.dashboard import DashboardDialog
+
+        DashboardDialog(self.ctx, self, sdv=self.sdv_by_site()).exec()
+
+    def sdv_by_site(self) -> dict[str, tuple[int, int]]:
+        """Verified / complete forms per site (empty until sign-off data exist)."""
+        try:
+            from crf_app.services.signoff import sdv_progress
+        except ImportError:
+            return {}
+        out: dict[str, tuple[int, int]] = {}
+        for row in sdv_progress(self.ctx):
+            v, c = out.get(row.site, (0, 0))
+            out[row.site] = (v + row.verified_forms, c + row.complete_forms)
+        return out
 
     def about(self) -> None:
         QMessageBox.about(self, "About crf-app",
