@@ -62,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     fp = fsub.add_parser("dictionary", help="write the data dictionary (CSV and Markdown)")
     fp.add_argument("--forms", type=Path, default=FORMS_DIR)
     fp.add_argument("--out", type=Path, required=True, help="output folder")
+    sp = sub.add_parser("report", help="study reports: adverse events or dosing compliance")
+    sp.add_argument("kind", choices=["ae", "sae", "compliance"],
+                    help="ae: AE table term × grade (and SAE list); sae: SAE list; "
+                         "compliance: instillations given / planned per subject")
+    sp.add_argument("--site", help="one site only (default: all sites)")
+    sp.add_argument("--csv", action="store_true", help="CSV instead of aligned text")
     return p
 
 
@@ -128,6 +134,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             from crf_app.services.maintenance import backup
 
             print(f"backup written to {backup(study.db, args.path)}")
+            return 0
+        if cmd == "report":
+            from crf_app.services.reports import report_main
+
+            sys.stdout.write(report_main(study, args.kind, args.site, args.csv))
             return 0
     finally:
         study.close()

@@ -26,6 +26,7 @@ from crf_app.domain.errors import CrfError
 from crf_app.domain.roles import Action, allowed
 from crf_app.gui.enroll_dialog import EnrollDialog
 from crf_app.gui.resources import icon
+from crf_app.gui.sae_banner import SaeBanner
 from crf_app.gui.subject_model import SubjectIdRole, SubjectTableModel
 from crf_app.gui.subject_view import SubjectView
 from crf_app.services import maintenance
@@ -46,6 +47,8 @@ class MainWindow(QMainWindow):
         outer = QVBoxLayout(central)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self._header())
+        self.sae_banner = SaeBanner(ctx)
+        outer.addWidget(self.sae_banner)
 
         self.model = SubjectTableModel(self)
         self.filter = QLineEdit()
@@ -166,6 +169,7 @@ class MainWindow(QMainWindow):
 
     # --- behaviour ------------------------------------------------------------------------
     def refresh(self) -> None:
+        self.sae_banner.refresh()
         current = self.current_subject_id()
         rows = list_subjects(self.ctx)
         self.model.set_rows(rows)

@@ -19,6 +19,8 @@ from PySide6.QtWidgets import (
 
 from crf_app.domain.roles import Action, allowed
 from crf_app.domain.subjects import SEXES, SubjectStatus
+from crf_app.gui.ae_tab import AeTab
+from crf_app.gui.dosing_tab import DosingTab
 from crf_app.gui.form_dialog import FormDialog
 from crf_app.gui.form_matrix import CellRole, FormMatrixModel
 from crf_app.gui.resources import icon
@@ -100,6 +102,12 @@ class SubjectView(QWidget):
         self.tabs = QTabWidget()
         self.tabs.setObjectName("subjectTabs")
         self.tabs.addTab(visits_tab, "Visits && forms")
+        self.ae_tab = AeTab(ctx)
+        self.dosing_tab = DosingTab(ctx)
+        self.tabs.addTab(self.ae_tab, "Adverse events")
+        self.tabs.addTab(self.dosing_tab, "Dosing")
+        self.ae_tab.changed.connect(self.changed)
+        self.dosing_tab.changed.connect(self.changed)
         layout.addWidget(self.tabs, 1)
 
         buttons = QHBoxLayout()
@@ -121,6 +129,8 @@ class SubjectView(QWidget):
             self.title.setText("Select a subject")
             self.visits.set_rows([])
             self.matrix.set_matrix(FormMatrix([], [], {}))
+            self.ae_tab.show_subject(None)
+            self.dosing_tab.show_subject(None)
             self._update_buttons()
             return
         d = self.detail = svc.subject_detail(self.ctx, subject_id)
@@ -140,6 +150,8 @@ class SubjectView(QWidget):
         self.visits.set_rows(d.visits)
         self.table.resizeRowsToContents()
         self.matrix.set_matrix(form_matrix(self.ctx, d.id))
+        self.ae_tab.show_subject(d.id)
+        self.dosing_tab.show_subject(d.id)
         self._update_buttons()
 
     def _update_buttons(self) -> None:

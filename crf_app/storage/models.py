@@ -261,3 +261,4 @@ class QueryMessage(Base):
     text: Mapped[str] = mapped_column(Text)
 
     query: Mapped[Query] = relationship(back_populates="messages")
+from crf_app.storage import log_models as _log_models  # noqa: E402,F401
