@@ -57,6 +57,45 @@ def _nihss(rng: random.Random, target: int) -> dict[str, str]:
     return {k: str(v) for k, v in scores.items()}
 
 
+def _dosing_and_aes(ctx: UserContext, sid: int, i: int, baseline: date, today: date,
+                    rng: random.Random) -> None:
+    """Usual days of dosing from baseline (a missed day now and then) and a few AEs."""
+    from datetime import time
+
+    from crf_app.domain.adverse_events import AeInput
+    from crf_app.domain.dosing import DoseInput
+    from crf_app.services.adverse_events import record_adverse_event
+    from crf_app.services.dosing import record_dose, record_usual_day
+
+    last = min(today, baseline + timedelta(days=13))
+    day = baseline
+    while day <= last:
+        if rng.random() < 0.08:
+            record_dose(ctx, sid, DoseInput(date=day.isoformat(), missed=True,
+                                            missed_reason="Subject forgot"))
+        else:
+            record_usual_day(ctx, sid, day, time(8, 0), f"LOT-26{(i % 3) + 1:02d}A")
+        day += timedelta(days=1)
+    if i % 4 == 0:
+        record_adverse_event(ctx, sid, AeInput(
+            term="NASAL_IRRITATION", location="RIGHT_NOSTRIL",
+            start_date=(baseline + timedelta(days=1)).isoformat(),
+            end_date=(baseline + timedelta(days=3)).isoformat(), severity="MILD", grade="1",
+            serious="N", relationship="PROBABLE", action="NONE", outcome="RECOVERED"))
+    if i % 4 == 1:
+        record_adverse_event(ctx, sid, AeInput(
+            term="HEADACHE", location="NOT_APPLICABLE",
+            start_date=(baseline + timedelta(days=2)).isoformat(), ongoing=True,
+            severity="MODERATE", grade="2", serious="N", relationship="POSSIBLE",
+            action="NONE", outcome="RECOVERING", treatment="Paracetamol 500 mg"))
+    if i == 11:
+        record_adverse_event(ctx, sid, AeInput(
+            term="DIZZINESS", location="NOT_APPLICABLE", start_date=today.isoformat(),
+            ongoing=True, severity="SEVERE", grade="3", serious="Y",
+            criteria=("HOSPITALISATION",), relationship="UNLIKELY", action="INTERRUPTED",
+            outcome="NOT_RECOVERED", treatment="Admitted for observation"))
+
+
 def create_demo_study(db: Database, protocol: Protocol, forms: dict, *,
                       subjects: int = 12, today: date | None = None) -> StudyHandle:
     """Create the demo study and fill it; every write goes through the services (audited)."""
@@ -129,6 +168,7 @@ def populate(ctx: UserContext, n: int, today: date, seed: int = 7) -> list[int]:
                 vitals["SYSBP"] = "188"  # above the soft limit: an automatic query
             save_form(ctx, v.id, "vital_signs", vitals, complete=True)
             save_form(ctx, v.id, "nihss", _nihss(rng, max(2, 12 - v.day // 3)), complete=True)
+        _dosing_and_aes(ctx, sid, i, baseline, today, rng)
         if stage == "completed":
             end_participation(ctx, sid, SubjectStatus.COMPLETED, today - timedelta(days=9),
                               "Completed the follow-up visit per protocol")
