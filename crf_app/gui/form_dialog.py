@@ -78,6 +78,16 @@ class FormDialog(QDialog):
         self.query_button.clicked.connect(self.raise_query)
         self.ask_query = self._ask_query  # replaced in tests
         buttons.addWidget(self.query_button)
+        self.verify_button = QPushButton("&Verify (SDV)")
+        self.verify_button.setAutoDefault(False)
+        self.verify_button.setVisible(allowed(ctx.user.role, Action.VERIFY))
+        self.verify_button.clicked.connect(self.verify)
+        buttons.addWidget(self.verify_button)
+        self.sign_button = QPushButton("Si&gn…")
+        self.sign_button.setAutoDefault(False)
+        self.sign_button.setVisible(allowed(ctx.user.role, Action.SIGN))
+        self.sign_button.clicked.connect(self.sign)
+        buttons.addWidget(self.sign_button)
         buttons.addWidget(self.save_button)
         buttons.addWidget(self.close_button)
         layout.addLayout(buttons)
@@ -149,12 +159,36 @@ class FormDialog(QDialog):
         self.renderer.set_queries(self.snapshot.open_queries)
         self._show_status()
         note = f"Saved ({svc.STATUS_LABELS[outcome.status].lower()})."
+        if outcome.undone:
+            note += " " + "; ".join(sorted(set(outcome.undone))).capitalize() + "."
         if outcome.queries_opened:
             note += f" {len(outcome.queries_opened)} query(ies) raised by soft checks."
         if outcome.subject_status == "screen_failed" and self.form_id == "eligibility":
             note += " The subject is not eligible: recorded as a screen failure."
         self.status_label.setText(self.status_label.text() + " · " + note)
         return True
+
+    def verify(self) -> None:
+        from crf_app.services.signoff import verify_form
+
+        try:
+            verify_form(self.ctx, self.visit_id, self.form_id)
+        except CrfError as exc:
+            self.error.show_error(str(exc))
+            return
+        self.saved_any = True
+        self.status_label.setText(self.status_label.text() + " · verified against source")
+
+    def sign(self) -> None:
+        from crf_app.gui.signature_dialog import SignatureDialog
+
+        dlg = SignatureDialog(self.ctx, self.snapshot.subject_id, scope="form",
+                              what=f"{self.snapshot.form.title} ({self.snapshot.visit_name}) of "
+                                   f"subject {self.snapshot.screening_number}",
+                              visit_id=self.visit_id, form_id=self.form_id, parent=self)
+        if dlg.exec():
+            self.saved_any = True
+            self.status_label.setText(self.status_label.text() + " · signed")
 
     def _ask_query(self) -> tuple[str, str] | None:
         items = [i for i in self.snapshot.form.items if not i.is_computed]

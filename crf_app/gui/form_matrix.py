@@ -71,4 +71,5 @@ class FormMatrixModel(QAbstractTableModel):
 
     def legend(self) -> str:
         return "   ".join(f"{SYMBOLS[k]} {STATUS_LABELS[k]}" for k in
-                          ("not_started", "in_progress", "complete")) + "   ⚑ open queries"
+                          ("not_started", "in_progress", "complete", "verified", "signed",
+                           "locked")) + "   ⚑ open queries"

@@ -258,11 +258,9 @@ class MainWindow(QMainWindow):
         DashboardDialog(self.ctx, self, sdv=self.sdv_by_site()).exec()
 
     def sdv_by_site(self) -> dict[str, tuple[int, int]]:
-        """Verified / complete forms per site (empty until sign-off data exist)."""
-        try:
-            from crf_app.services.signoff import sdv_progress
-        except ImportError:
-            return {}
+        """Verified / complete forms per site."""
+        from crf_app.services.signoff import sdv_progress
+
         out: dict[str, tuple[int, int]] = {}
         for row in sdv_progress(self.ctx):
             v, c = out.get(row.site, (0, 0))

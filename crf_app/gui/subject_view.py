@@ -114,7 +114,14 @@ class SubjectView(QWidget):
         self.visit_button = QPushButton(icon("visit"), "Record &visit date…")
         self.baseline_button = QPushButton(icon("baseline"), "Set &baseline…")
         self.end_button = QPushButton(icon("withdraw"), "&End participation…")
-        for b in (self.visit_button, self.baseline_button, self.end_button):
+        self.sign_button = QPushButton("Sign &casebook…")
+        self.sign_button.setVisible(allowed(ctx.user.role, Action.SIGN))
+        self.sign_button.clicked.connect(self.sign_casebook)
+        self.lock_button = QPushButton("&Lock subject…")
+        self.lock_button.setVisible(allowed(ctx.user.role, Action.LOCK))
+        self.lock_button.clicked.connect(self.lock_subject)
+        for b in (self.visit_button, self.baseline_button, self.end_button, self.sign_button,
+                  self.lock_button):
             buttons.addWidget(b)
         buttons.addStretch(1)
         layout.addLayout(buttons)
@@ -221,6 +228,37 @@ class SubjectView(QWidget):
         dlg.exec()
         if dlg.saved_any:
             self._after_change()
+
+    def sign_casebook(self) -> None:
+        from crf_app.gui.signature_dialog import SignatureDialog
+
+        if self.detail is None:
+            return
+        dlg = SignatureDialog(self.ctx, self.detail.id, scope="casebook",
+                              what=f"the whole casebook of subject "
+                                   f"{self.detail.screening_number}", parent=self)
+        if dlg.exec():
+            self._after_change()
+
+    def lock_subject(self) -> None:
+        from PySide6.QtWidgets import QInputDialog, QMessageBox
+
+        from crf_app.domain.errors import CrfError
+        from crf_app.services.signoff import lock
+
+        if self.detail is None:
+            return
+        reason, ok = QInputDialog.getText(self, "Lock subject",
+                                          "Reason for locking (nobody can change the data "
+                                          "until it is unlocked):")
+        if not ok:
+            return
+        try:
+            lock(self.ctx, "subject", self.detail.id, reason)
+        except CrfError as exc:
+            QMessageBox.warning(self, "Not locked", str(exc))
+            return
+        self._after_change()
 
     def _after_change(self) -> None:
         if self.detail is not None:

@@ -37,6 +37,7 @@ from crf_app.domain.errors import (
 from crf_app.domain.roles import Action, allowed
 from crf_app.domain.subjects import SubjectStatus
 from crf_app.services.context import UserContext
+from crf_app.services.signoff import check_not_locked
 from crf_app.storage.audit import AuditWriter
 from crf_app.storage.log_models import AdverseEvent, DosingRecord
 from crf_app.storage.models import Site, Subject
@@ -249,6 +250,7 @@ def record_adverse_event(ctx: UserContext, subject_id: int, raw: AeInput) -> int
     """
     with ctx.study.db.transaction() as s:
         subj = _subject(s, ctx, subject_id)
+        check_not_locked(s, None, subj)
         ctx.require(Action.EDIT_DATA, subj.site.code)
         _guard_causality(ctx, _new_relationship(raw), None)
         can_assess = allowed(ctx.user.role, Action.ASSESS_CAUSALITY)
@@ -285,6 +287,7 @@ def update_adverse_event(ctx: UserContext, ae_id: int, raw: AeInput, reason: str
     reason = reason.strip()
     with ctx.study.db.transaction() as s:
         ae, subj = _event(s, ctx, ae_id)
+        check_not_locked(s, None, subj)
         ctx.require(Action.EDIT_DATA, subj.site.code)
         if expected_version is not None and expected_version != ae.row_version:
             at = ae.updated_at.astimezone().strftime("%Y-%m-%d %H:%M") if ae.updated_at else "?"
@@ -340,6 +343,7 @@ def mark_sae_reported(ctx: UserContext, ae_id: int, reported_at: datetime,
         raise ValueError("reported_at must be a timezone-aware datetime")
     with ctx.study.db.transaction() as s:
         ae, subj = _event(s, ctx, ae_id)
+        check_not_locked(s, None, subj)
         ctx.require(Action.EDIT_DATA, subj.site.code)
         errs = []
         if not ae.serious:

@@ -34,6 +34,7 @@ from crf_app.domain.protocol import RegimenDef
 from crf_app.domain.roles import Action, allowed
 from crf_app.domain.subjects import SubjectStatus
 from crf_app.services.context import UserContext
+from crf_app.services.signoff import check_not_locked
 from crf_app.storage.audit import AuditWriter
 from crf_app.storage.log_models import DosingRecord
 from crf_app.storage.models import Query, QueryMessage, Subject
@@ -249,6 +250,7 @@ def record_dose(ctx: UserContext, subject_id: int, raw: DoseInput) -> DoseOutcom
     """
     with ctx.study.db.transaction() as s:
         subj = _subject(s, ctx, subject_id)
+        check_not_locked(s, None, subj)
         ctx.require(Action.EDIT_DATA, subj.site.code)
         existing = [to_record(r) for r in dosing_records(s, subj.id)]
         audit = AuditWriter(s, ctx.user.actor, now=ctx.now())
@@ -264,6 +266,7 @@ def record_usual_day(ctx: UserContext, subject_id: int, day: date, start_time: t
     """
     with ctx.study.db.transaction() as s:
         subj = _subject(s, ctx, subject_id)
+        check_not_locked(s, None, subj)
         ctx.require(Action.EDIT_DATA, subj.site.code)
         stored = dosing_records(s, subj.id)
         errs = []
@@ -303,6 +306,7 @@ def update_dose(ctx: UserContext, dose_id: int, raw: DoseInput, reason: str = ""
         subj = s.get(Subject, r.subject_id) if r is not None else None
         if r is None or subj is None or subj.study_id != ctx.study.study_id:
             raise NotFound(f"dosing record {dose_id} does not exist in this study")
+        check_not_locked(s, None, subj)
         ctx.require(Action.EDIT_DATA, subj.site.code)
         if expected_version is not None and expected_version != r.row_version:
             at = r.updated_at.astimezone().strftime("%Y-%m-%d %H:%M") if r.updated_at else "?"

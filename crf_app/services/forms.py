@@ -20,6 +20,7 @@ from crf_app.domain.roles import Action
 from crf_app.domain.subjects import SubjectStatus
 from crf_app.services.context import StudyHandle, UserContext
 from crf_app.services.queries import sync_auto_queries
+from crf_app.services.signoff import check_not_locked, form_flags, on_data_changed
 from crf_app.storage.audit import AuditWriter
 from crf_app.storage.models import FormInstance, ItemValue, Query, Subject, Visit
 
@@ -117,6 +118,7 @@ class SaveOutcome:
     queries_closed: list[str]
     result: FormResult
     subject_status: str
+    undone: list[str] = field(default_factory=list)  # verification / signatures removed
 
 
 def _visit(s: Session, ctx: UserContext, visit_id: int) -> Visit:
@@ -144,6 +146,8 @@ def form_matrix(ctx: UserContext, subject_id: int) -> FormMatrix:
         visits = list(subj.visits)
         instances = {(fi.visit_id, fi.form_id): fi for fi in s.execute(
             select(FormInstance).join(Visit).where(Visit.subject_id == subject_id)).scalars()}
+        flags = form_flags(s, [fi.id for fi in instances.values()])
+        signed = _signed_forms(s, subject_id, instances)
         queries: dict[int, int] = {}
         for fi_id in s.execute(select(Query.form_instance_id).where(
                 Query.subject_id == subject_id, Query.state != "closed")).scalars():
@@ -152,10 +156,35 @@ def form_matrix(ctx: UserContext, subject_id: int) -> FormMatrix:
     for v in visits:
         for form_id in protocol.visit(v.visit_code).forms:
             fi = instances.get((v.id, form_id))
-            cells[(v.id, form_id)] = FormCell(v.id, form_id, fi.status if fi else NOT_STARTED,
+            status = fi.status if fi else NOT_STARTED
+            if fi is not None:  # the strongest sign-off state shows
+                marks = flags.get(fi.id, set()) | ({"signed"} if fi.id in signed else set())
+                for state in ("locked", "signed", "verified"):
+                    if state in marks:
+                        status = state
+                        break
+            cells[(v.id, form_id)] = FormCell(v.id, form_id, status,
                                               queries.get(fi.id, 0) if fi else 0)
     return FormMatrix([(v.id, v.visit_code, protocol.visit(v.visit_code).name) for v in visits],
                       [(f, lib.get(f).title) for f in protocol.form_ids()], cells)
+
+
+def _signed_forms(s: Session, subject_id: int,
+                  instances: dict[tuple[int, str], FormInstance]) -> set[int]:
+    """Form instances covered by a valid signature (of the form, its visit, or the casebook)."""
+    from crf_app.storage.signoff_models import Signature
+
+    sigs = s.execute(select(Signature).where(Signature.subject_id == subject_id,
+                                             Signature.state == "valid")).scalars().all()
+    out: set[int] = set()
+    for fi in instances.values():
+        if fi.status != COMPLETE:
+            continue
+        for g in sigs:
+            if g.scope == "casebook" or (g.scope == "visit" and g.visit_id == fi.visit_id) \
+                    or (g.scope == "form" and g.form_instance_id == fi.id):
+                out.add(fi.id)
+    return out
 
 
 def open_form(ctx: UserContext, visit_id: int, form_id: str) -> FormSnapshot:
@@ -211,6 +240,7 @@ def save_form(ctx: UserContext, visit_id: int, form_id: str, raw: dict[str, Any]
         fi = s.execute(select(FormInstance).where(FormInstance.visit_id == visit_id,
                                                   FormInstance.form_id == form_id)
                        ).scalar_one_or_none()
+        check_not_locked(s, fi, subj)
         current_version = fi.row_version if fi else 0
         if expected_version is not None and expected_version != current_version:
             by = fi.updated_by if fi else "someone"
@@ -251,6 +281,8 @@ def save_form(ctx: UserContext, visit_id: int, form_id: str, raw: dict[str, Any]
         status = COMPLETE if complete else IN_PROGRESS
         audit.record_fields("update", "form", label, {"status": (fi.status, status)},
                             reason=reason, subject_id=subj.id)
+        undone = on_data_changed(s, audit, fi, subj, ctx.now()) \
+            if changed or status != fi.status else []
         fi.status = status
         fi.updated_at = ctx.now()
         fi.updated_by = ctx.user.username
@@ -258,7 +290,7 @@ def save_form(ctx: UserContext, visit_id: int, form_id: str, raw: dict[str, Any]
         subject_status = _apply_eligibility(ctx, subj, form, result, complete, audit)
         s.flush()
         return SaveOutcome(status, fi.row_version, changed, opened, closed, result,
-                           subject_status)
+                           subject_status, undone)
 
 
 def _in_table(form: FormDef, item_id: str) -> bool:

@@ -262,3 +262,4 @@ class QueryMessage(Base):
 
     query: Mapped[Query] = relationship(back_populates="messages")
 from crf_app.storage import log_models as _log_models  # noqa: E402,F401
+from crf_app.storage import signoff_models as _signoff_models  # noqa: E402,F401

@@ -83,3 +83,64 @@ def test_idle_lock_asks_for_the_same_users_password(qtbot, as_role, study):
     lock.dialog.password.setText(PASSWORD)
     lock.dialog.try_unlock()
     assert not lock.locked and win.isEnabled()
+
+
+def test_whole_monitoring_cycle_sdv_signature_and_invalidation(qtbot, as_role):
+    from crf_app.gui.signature_dialog import SignatureDialog
+    from crf_app.services import queries as qsvc
+    from crf_app.services.audit_trail import audit_history
+    from crf_app.services.signoff import signature_manifest
+    from tests.conftest import PASSWORD
+
+    coord, mon, inv = as_role(Role.COORDINATOR), as_role(Role.MONITOR), as_role(Role.INVESTIGATOR)
+    for c in (coord, mon, inv):
+        c.clock = fixed_clock()
+    sid = svc.enroll_subject(coord, Enrollment("S01-001", "S01", "ABC", 1960, "F", "NSX",
+                                               date(2026, 11, 1), date(2026, 11, 1)))
+    vid = svc.subject_detail(coord, sid).visits[0].id
+    entry = FormDialog(coord, vid, "vital_signs")
+    qtbot.addWidget(entry)
+    entry.renderer.set_raw(VITALS)
+    entry.complete_box.setChecked(True)
+    assert entry.save()
+    qid = qsvc.raise_query(mon, vid, "vital_signs", "PULSE", "Source says 78")
+    qsvc.answer_query(coord, qid, "Corrected")
+    fix = FormDialog(coord, vid, "vital_signs")
+    qtbot.addWidget(fix)
+    fix.renderer.editors["PULSE"].set_value("78")
+    fix.ask_reason = lambda: "Transcription error"
+    assert fix.save()
+    qsvc.close_query(mon, qid, "OK")
+
+    review = FormDialog(mon, vid, "vital_signs")
+    qtbot.addWidget(review)
+    assert review.verify_button.isVisibleTo(review) and not review.sign_button.isVisibleTo(review)
+    review.verify()
+    assert "verified" in review.status_label.text()
+
+    sig = SignatureDialog(inv, sid, scope="form", what="Vital signs", visit_id=vid,
+                          form_id="vital_signs")
+    qtbot.addWidget(sig)
+    sig.password.setText("wrong-password-1")
+    sig.sign()
+    assert sig.signature_id is None and "wrong password" in sig.error.text()
+    sig.password.setText(PASSWORD)
+    sig.sign()
+    assert sig.signature_id is not None
+    assert fsvc.form_matrix(inv, sid).cells[(vid, "vital_signs")].status == "signed"
+
+    later = FormDialog(coord, vid, "vital_signs")
+    qtbot.addWidget(later)
+    later.renderer.editors["TEMP"].set_value("37.2")
+    later.ask_reason = lambda: "Re-measured"
+    assert later.save()
+    assert "invalidated" in later.status_label.text()
+    assert "verification removed" in later.status_label.text()
+    assert signature_manifest(inv, sid)[0].state == "invalidated"
+    assert fsvc.form_matrix(inv, sid).cells[(vid, "vital_signs")].status == "complete"
+    trail = {(r.entity, r.action, r.new) for r in audit_history(mon, subject_id=sid)}
+    for step in [("query", "create", "open"), ("query", "update", "answered"),
+                 ("query", "update", "closed"), ("verification", "create", "verified"),
+                 ("signature", "create", "Reviewed and approved"),
+                 ("signature", "update", "invalidated"), ("verification", "update", "cleared")]:
+        assert step in trail, step
