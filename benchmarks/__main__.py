@@ -8,7 +8,7 @@ import sys
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-BENCHMARKS = ["bench_startup", "bench_enrol", "bench_subject_list", "bench_forms", "bench_logs"]
+BENCHMARKS = ["bench_startup", "bench_enrol", "bench_subject_list", "bench_forms", "bench_logs", "bench_monitoring"]
 
 
 def main(names: list[str]) -> int:

@@ -115,8 +115,11 @@ class QueryListDialog(QDialog):
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setAlternatingRowColors(True)
         self.table.verticalHeader().hide()
-        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        # fixed widths: sizing to contents would read every row of a 20,000-query list
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         self.table.horizontalHeader().setStretchLastSection(True)
+        for col, width in enumerate([50, 80, 45, 110, 100, 90, 65, 80, 75, 120]):
+            self.table.setColumnWidth(col, width)
         self.thread = QTextBrowser()
         split = QSplitter(Qt.Orientation.Vertical)
         split.addWidget(self.table)

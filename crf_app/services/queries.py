@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
@@ -195,8 +195,9 @@ def list_queries(ctx: UserContext, *, site: str | None = None, subject_id: int |
     now = ctx.now()
     protocol = ctx.study.protocol
     with ctx.study.db.reading() as s:
-        q = (select(Query, Subject.screening_number, Site.code, Visit.visit_code,
-                    FormInstance.form_id)
+        q = (select(Query.id, Query.subject_id, Subject.screening_number, Site.code,
+                    Visit.visit_code, FormInstance.form_id, Query.item_id, Query.row_index,
+                    Query.origin, Query.state, Query.opened_at, Query.opened_by)
              .join(Subject, Query.subject_id == Subject.id)
              .join(Site, Subject.site_id == Site.id)
              .outerjoin(Visit, Query.visit_id == Visit.id)
@@ -212,20 +213,24 @@ def list_queries(ctx: UserContext, *, site: str | None = None, subject_id: int |
             q = q.where(Query.state == state)
         if origin:
             q = q.where(Query.origin == origin)
-        rows = []
-        last = dict(s.execute(
-            select(QueryMessage.query_id, QueryMessage.text)
-            .where(QueryMessage.id.in_(select(func.max(QueryMessage.id))
-                                       .group_by(QueryMessage.query_id)))).all())
-        for query, number, site_code, visit_code, form_id in s.execute(q):
-            age = (now - query.opened_at).days
-            if min_age_days is not None and age < min_age_days:
-                continue
-            visit_name = protocol.visit(visit_code).name if visit_code else ""
-            rows.append(QueryRow(query.id, query.subject_id, number, site_code, visit_name,
-                                 form_id or "", query.item_id, query.row_index, query.origin,
-                                 query.state, query.opened_at, query.opened_by, age,
-                                 last.get(query.id, "")))
+        if min_age_days is not None:
+            q = q.where(Query.opened_at <= now - timedelta(days=min_age_days))
+        found = s.execute(q).all()
+        ids = [r[0] for r in found]
+        last: dict[int, str] = {}
+        for chunk in range(0, len(ids), 900):  # SQLite's bound-parameter limit
+            part = ids[chunk:chunk + 900]
+            last.update(s.execute(
+                select(QueryMessage.query_id, QueryMessage.text)
+                .where(QueryMessage.id.in_(select(func.max(QueryMessage.id))
+                                           .where(QueryMessage.query_id.in_(part))
+                                           .group_by(QueryMessage.query_id)))).all())
+        names = {v.code: v.name for v in protocol.visits}
+        rows = [QueryRow(qid, sid, number, site_code, names.get(visit_code or "", ""),
+                         form_id or "", item_id, row, origin_, state_, opened_at, opened_by,
+                         (now - opened_at).days, last.get(qid, ""))
+                for (qid, sid, number, site_code, visit_code, form_id, item_id, row, origin_,
+                     state_, opened_at, opened_by) in found]
         return rows
 
 
