@@ -120,8 +120,11 @@ class SubjectView(QWidget):
         self.lock_button = QPushButton("&Lock subject…")
         self.lock_button.setVisible(allowed(ctx.user.role, Action.LOCK))
         self.lock_button.clicked.connect(self.lock_subject)
+        self.unlock_button = QPushButton("&Unlock…")
+        self.unlock_button.setVisible(allowed(ctx.user.role, Action.LOCK))
+        self.unlock_button.clicked.connect(self.unlock)
         for b in (self.visit_button, self.baseline_button, self.end_button, self.sign_button,
-                  self.lock_button):
+                  self.lock_button, self.unlock_button):
             buttons.addWidget(b)
         buttons.addStretch(1)
         layout.addLayout(buttons)
@@ -154,6 +157,12 @@ class SubjectView(QWidget):
             status += f" on {d.status_date.isoformat()}"
         self.facts["Status"].setText(status)
         self.facts["Reason"].setText(d.status_reason or "—")
+        from crf_app.services.signoff import active_locks
+
+        self.locks = active_locks(self.ctx, d.id)
+        if self.locks:
+            self.facts["Status"].setText(self.facts["Status"].text() + " · 🔒 locked ("
+                                         + ", ".join(lk.scope for lk in self.locks) + ")")
         self.visits.set_rows(d.visits)
         self.table.resizeRowsToContents()
         self.matrix.set_matrix(form_matrix(self.ctx, d.id))
@@ -257,6 +266,29 @@ class SubjectView(QWidget):
             lock(self.ctx, "subject", self.detail.id, reason)
         except CrfError as exc:
             QMessageBox.warning(self, "Not locked", str(exc))
+            return
+        self._after_change()
+
+    def unlock(self) -> None:
+        from PySide6.QtWidgets import QInputDialog, QMessageBox
+
+        from crf_app.domain.errors import CrfError
+        from crf_app.services.signoff import unlock
+
+        locks = getattr(self, "locks", [])
+        if self.detail is None or not locks:
+            return
+        labels = [f"{lk.scope} lock by {lk.locked_by}: {lk.reason}" for lk in locks]
+        choice, ok = QInputDialog.getItem(self, "Unlock", "Lock to lift:", labels, 0, False)
+        if not ok:
+            return
+        reason, ok = QInputDialog.getText(self, "Unlock", "Reason for unlocking (audited):")
+        if not ok:
+            return
+        try:
+            unlock(self.ctx, locks[labels.index(choice)].id, reason)
+        except CrfError as exc:
+            QMessageBox.warning(self, "Not unlocked", str(exc))
             return
         self._after_change()
 

@@ -298,3 +298,30 @@ def form_flags(s: Session, fi_ids: list[int]) -> dict[int, set[str]]:
     return out
 
 
+
+
+@dataclass(frozen=True)
+class LockRow:
+    id: int
+    scope: str
+    target_id: int
+    locked_at: datetime
+    locked_by: str
+    reason: str
+
+
+def active_locks(ctx: UserContext, subject_id: int) -> list[LockRow]:
+    """The locks in force on a subject, its site or any of its forms."""
+    ctx.require(Action.VIEW)
+    with ctx.study.db.reading() as s:
+        subj = s.get(Subject, subject_id)
+        if subj is None or subj.study_id != ctx.study.study_id:
+            raise NotFound(f"subject {subject_id} does not exist")
+        form_ids = list(s.execute(select(FormInstance.id).join(Visit)
+                                  .where(Visit.subject_id == subject_id)).scalars())
+        q = select(Lock).where(Lock.unlocked_at.is_(None), (
+            ((Lock.scope == "subject") & (Lock.target_id == subject_id))
+            | ((Lock.scope == "site") & (Lock.target_id == subj.site_id))
+            | ((Lock.scope == "form") & Lock.target_id.in_(form_ids or [-1]))))
+        return [LockRow(lk.id, lk.scope, lk.target_id, lk.locked_at, lk.locked_by, lk.reason)
+                for lk in s.execute(q.order_by(Lock.id)).scalars()]

@@ -144,3 +144,28 @@ def test_whole_monitoring_cycle_sdv_signature_and_invalidation(qtbot, as_role):
                  ("signature", "create", "Reviewed and approved"),
                  ("signature", "update", "invalidated"), ("verification", "update", "cleared")]:
         assert step in trail, step
+
+
+def test_data_manager_locks_and_unlocks_a_subject_in_the_window(qtbot, as_role, monkeypatch):
+    from PySide6.QtWidgets import QInputDialog
+
+    from crf_app.gui.main_window import MainWindow
+    from crf_app.services.signoff import active_locks
+
+    coord, dm = as_role(Role.COORDINATOR), as_role(Role.DATA_MANAGER)
+    sid = svc.enroll_subject(coord, Enrollment("S01-001", "S01", "ABC", 1960, "F", "NSX",
+                                               date(2026, 11, 1), date(2026, 11, 1)))
+    win = MainWindow(dm)
+    qtbot.addWidget(win)
+    win.select_subject(sid)
+    view = win.subject_view
+    assert view.lock_button.isVisibleTo(win) and not view.sign_button.isVisibleTo(win)
+    monkeypatch.setattr(QInputDialog, "getText",
+                        staticmethod(lambda *a, **k: ("database lock for interim", True)))
+    view.lock_subject()
+    assert "locked (subject)" in view.facts["Status"].text()
+    assert len(active_locks(dm, sid)) == 1
+    monkeypatch.setattr(QInputDialog, "getItem",
+                        staticmethod(lambda parent, title, label, items, *a: (items[0], True)))
+    view.unlock()
+    assert active_locks(dm, sid) == [] and "locked" not in view.facts["Status"].text()

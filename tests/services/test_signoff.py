@@ -124,3 +124,16 @@ def test_a_locked_subject_refuses_log_entries_too(roles, complete_form):
         record_adverse_event(roles[Role.COORDINATOR], sid, AeInput(
             term="HEADACHE", start_date="2026-11-20", ongoing=True, severity="MILD", grade="1",
             serious="N", action="NONE", outcome="NOT_RECOVERED"))
+
+
+def test_active_locks_cover_subject_site_and_forms(roles, complete_form, study):
+    sid, _vid = complete_form
+    dm = roles[Role.DATA_MANAGER]
+    assert signoff.active_locks(dm, sid) == []
+    with study.db.reading() as s:
+        site_id = s.execute(select(FormInstance)).scalar_one().visit.subject.site_id
+    a = signoff.lock(dm, "site", site_id, "site closed")
+    [row] = signoff.active_locks(dm, sid)
+    assert (row.id, row.scope, row.reason) == (a, "site", "site closed")
+    signoff.unlock(dm, a, "site re-opened")
+    assert signoff.active_locks(dm, sid) == []
