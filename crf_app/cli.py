@@ -62,6 +62,21 @@ def _parser() -> argparse.ArgumentParser:
     fp = fsub.add_parser("dictionary", help="write the data dictionary (CSV and Markdown)")
     fp.add_argument("--forms", type=Path, default=FORMS_DIR)
     fp.add_argument("--out", type=Path, required=True, help="output folder")
+    sp = sub.add_parser("export-pdf", help="write PDF casebooks (a subject, a site or all) or "
+                                           "the blank CRF book")
+    which = sp.add_mutually_exclusive_group()
+    which.add_argument("--subject", metavar="ID", help="screening number (S01-004) or id")
+    which.add_argument("--site", metavar="ID", help="site code")
+    which.add_argument("--all", action="store_true", help="every subject you may see")
+    sp.add_argument("--out", type=Path, required=True, metavar="DIR")
+    sp.add_argument("--blank", action="store_true", help="the blank CRF book (paper back-up)")
+    sp.add_argument("--annotated", action="store_true", help="with --blank: annotated CRF")
+    sp.add_argument("--page-size", choices=["A4", "Letter"], default="A4")
+    sp.add_argument("--jobs", type=int, default=None, help="worker processes (default: auto)")
+    sp.add_argument("--as", dest="as_user", required=True, metavar="USERNAME",
+                    help="your account (exporting casebooks needs the monitor, data-manager "
+                         "or admin role)")
+
     sp = sub.add_parser("report", help="study reports: adverse events or dosing compliance")
     sp.add_argument("kind", choices=["ae", "sae", "compliance"],
                     help="ae: AE table term × grade (and SAE list); sae: SAE list; "
@@ -135,6 +150,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             print(f"backup written to {backup(study.db, args.path)}")
             return 0
+        if cmd == "export-pdf":
+            return _export_pdf(args, study)
         if cmd == "report":
             from crf_app.services.reports import report_main
 
@@ -193,6 +210,32 @@ def _users(args: argparse.Namespace, study) -> int:
     password = _read_secret(f"New password for {args.username}: ")
     create_user(ctx, NewUser(args.username, args.name, args.role, password, args.site))
     print(f"user {args.username} added as {args.role}")
+    return 0
+
+
+def _export_pdf(args: argparse.Namespace, study) -> int:
+    from crf_app.services import pdf_export
+    from crf_app.services.accounts import login
+
+    ctx = login(study, args.as_user, _read_secret(f"Password for {args.as_user}: "))
+    if args.blank or args.annotated:
+        path = pdf_export.export_blank_book(ctx, args.out, args.annotated, args.page_size)
+        print(f"written {path}")
+        return 0
+    if args.subject:
+        sid = pdf_export.subject_id_for(ctx, args.subject)
+        print(f"written {pdf_export.export_subject_pdf(ctx, sid, args.out, args.page_size)}")
+        return 0
+    if not (args.site or args.all):
+        return _fail("give --subject ID, --site ID, --all or --blank")
+
+    def progress(done: int, total: int, current: str) -> None:
+        print(f"\r{done}/{total} {current}   ", end="", file=sys.stderr, flush=True)
+
+    result = pdf_export.export_batch(ctx, args.site, args.out, progress,
+                                     page_size=args.page_size, workers=args.jobs)
+    print(file=sys.stderr)
+    print(f"{len(result.written)} casebooks written to {args.out} in {result.seconds:.1f} s")
     return 0
 
 

@@ -145,7 +145,12 @@ class MainWindow(QMainWindow):
         about.triggered.connect(self.about)
 
         menu = self.menuBar()
+        from crf_app.gui.export_dialog import export_pdf_action
+
+        self.export_pdf_action = export_pdf_action(self, self.ctx, self.current_subject_id)
         file_menu = menu.addMenu("&File")
+        file_menu.addAction(self.export_pdf_action)
+        file_menu.addSeparator()
         file_menu.addActions([self.backup_action, self.verify_action])
         file_menu.addSeparator()
         file_menu.addAction(quit_action)

@@ -19,7 +19,8 @@ def crf(*args, stdin="", db=None):
 
 @pytest.mark.parametrize("args", [[], ["init"], ["demo"], ["users"], ["users", "add"],
                                   ["users", "list"], ["verify-audit"], ["backup"],
-                                  ["forms"], ["forms", "check"], ["forms", "dictionary"]])
+                                  ["forms"], ["forms", "check"], ["forms", "dictionary"],
+                                  ["export-pdf"], ["report"]])
 def test_help_for_every_command(args):
     out = crf(*args, "--help")
     assert out.returncode == 0, out.stderr
@@ -100,3 +101,22 @@ def test_cli_refuses_a_file_that_is_not_a_database(tmp_path, content):
     assert out.returncode == 1
     assert ("not a SQLite database" in out.stderr) or ("holds no study" in out.stderr)
     assert path.read_bytes() == content or content == b""
+
+
+def test_export_pdf_and_reports_on_the_demo(tmp_path):
+    from pypdf import PdfReader
+
+    db = tmp_path / "demo.db"
+    assert crf("demo", db=db).returncode == 0
+    out = crf("export-pdf", "--subject", "S02-005", "--out", str(tmp_path / "pdf"), "--as",
+              "monitor", stdin="Demo-pass-2026\n", db=db)
+    assert out.returncode == 0, out.stderr
+    text = "".join(p.extract_text() for p in PdfReader(next((tmp_path / "pdf").glob("*.pdf")))
+                   .pages)
+    assert "S02-005" in text and "Nasal irritation" in text  # the AE log is in the casebook
+    assert "LOT-26" in text  # and the dosing log
+    denied = crf("export-pdf", "--subject", "S01-001", "--out", str(tmp_path / "x"), "--as",
+                 "coordinator", stdin="Demo-pass-2026\n", db=db)
+    assert denied.returncode == 1 and "may not export" in denied.stderr
+    report = crf("report", "ae", db=db)
+    assert report.returncode == 0 and "Headache" in report.stdout

@@ -1,0 +1,276 @@
+"""The completed casebook of one subject: cover, visit schedule, every saved form with its
+values, then the logs and annexes (crf_app.exports.pdf.annex). Plain data in, PDF bytes out.
+"""
+
+from __future__ import annotations
+
+from reportlab.lib.units import mm
+from reportlab.pdfgen.canvas import Canvas
+from reportlab.platypus import Flowable, PageBreak, Paragraph, Spacer, Table
+
+from crf_app.domain.casebook import (
+    Casebook,
+    FormRecord,
+    ItemRecord,
+    SectionRecord,
+    VisitRecord,
+    casebook_digest,
+)
+from crf_app.exports.pdf import annex
+from crf_app.exports.pdf.base import Marker, PageInfo, Running, draw_running, render
+from crf_app.exports.pdf.formatting import DASH, fmt_date, fmt_utc
+from crf_app.exports.pdf.styles import (
+    FLAG_BG,
+    FLAG_HEX,
+    GRID,
+    MARGIN_X,
+    SANS,
+    SANS_BOLD,
+    esc,
+    markup,
+    page_size,
+    para,
+    plain_style,
+    styles,
+    table_style,
+)
+from crf_app.exports.pdf.tables import DataTable, column_widths
+
+UP, DOWN = "▲", "▼"
+NOT_APPLICABLE = "Not applicable"
+
+
+def flag_symbol(item: ItemRecord) -> str:
+    return DOWN if item.flag in ("low", "below_min") else UP
+
+
+def value_cell(item: ItemRecord, empty: str = DASH, compact: bool = False) -> Paragraph:
+    """The value as printed: flagged values bold red with ▲/▼, hidden ones 'Not applicable'."""
+    st = styles()
+    plain, na = (st.compact, st.compact_na) if compact else (st.cell, st.na)
+    if item.not_applicable:
+        return para(NOT_APPLICABLE, na)
+    if not item.value:
+        return para(empty, na)
+    if item.flag:
+        return markup(f'<font color="{FLAG_HEX}"><b>{esc(item.text)} {flag_symbol(item)}</b>'
+                      "</font>", plain)
+    return para(item.text, plain)
+
+
+def _shown(item: ItemRecord) -> str:
+    return NOT_APPLICABLE if item.not_applicable else item.text
+
+
+class CasebookRenderer:
+    """Renders a `Casebook` to PDF bytes (A4 or Letter)."""
+
+    def __init__(self, casebook: Casebook, page_size_name: str = "A4", *, digest: str = ""):
+        self.cb = casebook
+        self.pagesize = page_size(page_size_name)
+        self.width = self.pagesize[0] - 2 * MARGIN_X
+        self.digest = digest or casebook_digest(casebook)
+        subj, study = casebook.subject, casebook.study
+        self.running = Running(
+            header_left=(f"Subject {subj.screening_number} · Site {subj.site_code} · "
+                         f"{casebook.study.study_id}"),
+            header_left_sub=(f"{subj.site_name} · {study.title} · Protocol "
+                             f"{study.protocol_number} v{study.protocol_version}"),
+            header_right_sub="Subject casebook",
+            footer_right=(f"Generated {fmt_utc(casebook.generated_at)} by "
+                          f"{casebook.generated_by} · crf-app {casebook.app_version}"),
+            footer_second=f"SHA-256 of the exported data: {self.digest}")
+
+    def render(self) -> bytes:
+        subj = self.cb.subject
+        return render(self.pagesize, self.story(), decorate=self.decorate,
+                      title=f"Casebook {subj.screening_number} — {self.cb.study.study_id}",
+                      author=self.cb.generated_by, subject=self.cb.study.title)
+
+    def decorate(self, canvas: Canvas, info: PageInfo) -> None:
+        draw_running(canvas, info, self.running)
+
+    # --- the story --------------------------------------------------------------------------
+    def story(self) -> list[Flowable]:
+        out: list[Flowable] = [*self.cover(), PageBreak(), *self.schedule()]
+        previous_empty = False
+        for visit in self.cb.visits:
+            empty = not visit.forms
+            out += [Spacer(1, 6 * mm)] if empty and previous_empty else [PageBreak()]
+            out += self.visit(visit)
+            previous_empty = empty
+        out += annex.annexes(self.cb, self.width)
+        return out
+
+    def cover(self) -> list[Flowable]:
+        st = styles()
+        cb, subj, study = self.cb, self.cb.subject, self.cb.study
+        status = subj.status
+        if subj.status_reason:
+            status += f" — {subj.status_reason}"
+        if subj.status_date:
+            status += f" ({subj.status_date.isoformat()})"
+        rows = [
+            ("Study", f"{study.study_id} — {study.title}"),
+            ("Protocol", f"{study.protocol_number}, version {study.protocol_version}"),
+            ("Sponsor", study.sponsor or DASH),
+            ("Site", f"{subj.site_code} — {subj.site_name}"),
+            ("Subject", f"{subj.screening_number} (initials {subj.initials}, sex {subj.sex}, "
+                        f"born {subj.birth_year})"),
+            ("Arm", f"{subj.arm_code} — {subj.arm_name}"),
+            ("Status", status),
+            ("Informed consent", fmt_date(subj.consent_date)),
+            ("Baseline (day 1)", fmt_date(subj.baseline_date)),
+            ("Generated at", fmt_utc(cb.generated_at, seconds=True)),
+            ("Generated by", cb.generated_by),
+            ("Application", f"crf-app {cb.app_version}"),
+            ("SHA-256 of the data", self.digest),
+        ]
+        table = Table([[para(k, st.cover_label), para(v, st.mono if k.startswith("SHA") else
+                                                      st.cover_value)] for k, v in rows],
+                      colWidths=[42 * mm, self.width - 42 * mm], hAlign="LEFT")
+        table.setStyle(plain_style([("LINEBELOW", (0, 0), (-1, -1), 0.4, GRID),
+                                   ("VALIGN", (0, 0), (-1, -1), "TOP"),
+                                   ("TOPPADDING", (0, 0), (-1, -1), 3),
+                                   ("BOTTOMPADDING", (0, 0), (-1, -1), 4)]))
+        forms = sum(len(v.forms) for v in cb.visits)
+        open_q = sum(q.state != "closed" for q in cb.queries)
+        summary = (f"{len(cb.visits)} visits, {forms} forms with data, "
+                   f"{len(cb.adverse_events)} adverse events, {len(cb.doses)} dosing records, "
+                   f"{len(cb.queries)} queries ({open_q} not closed), "
+                   f"{len(cb.signatures)} signatures, {len(cb.audit)} audit-trail events.")
+        legend = (f"{UP} / {DOWN} mark a value above / below the item's expected (soft) or "
+                  "permitted (hard) limits; the note beside it names the limit. "
+                  f"“{NOT_APPLICABLE}” marks an item skipped by the form's branching. "
+                  "Q<i>n</i> refers to query <i>n</i> in the query section. Times are UTC.")
+        return [Marker("Cover", "Cover", 0), Spacer(1, 8 * mm),
+                para("Subject casebook", st.title),
+                para(f"{study.title}", st.subtitle), table, Spacer(1, 8 * mm),
+                para("Contents", st.h2), para(summary, st.body), Spacer(1, 3 * mm),
+                markup(legend, st.muted)]
+
+    def schedule(self) -> list[Flowable]:
+        st = styles()
+        head = ["Visit", "Day", "Planned", "Window", "Actual", "Status", "Deviation", "Forms"]
+        rows: list[list] = [[para(h, st.cell_head) for h in head]]
+        extra = []
+        for r, v in enumerate(self.cb.visits, start=1):
+            window = (f"{fmt_date(v.window_start)} to {fmt_date(v.window_end)}"
+                      if v.window_start else DASH)
+            deviation = para(v.deviation or DASH, st.flag if v.deviation else st.cell)
+            if v.deviation:
+                extra.append(("BACKGROUND", (6, r), (6, r), FLAG_BG))
+            rows.append([para(f"{v.code} — {v.name}", st.cell), para(str(v.day), st.cell),
+                         para(fmt_date(v.planned_date), st.cell), para(window, st.cell_small),
+                         para(fmt_date(v.actual_date), st.cell), para(v.status, st.cell),
+                         deviation, para(str(len(v.forms)), st.cell_center)])
+        widths = [0.2, 0.06, 0.12, 0.17, 0.12, 0.1, 0.16, 0.07]
+        table = DataTable(rows, colWidths=[w * self.width for w in widths], repeatRows=1)
+        table.setStyle(table_style(extra))
+        return [Marker("Visit schedule", "Visit schedule", 0), para("Visit schedule", st.h1),
+                para("Planned dates and windows follow the protocol from the baseline date; "
+                     "an actual date outside its window is a protocol deviation.", st.muted),
+                Spacer(1, 2 * mm), table]
+
+    def visit(self, visit: VisitRecord) -> list[Flowable]:
+        st = styles()
+        title = f"Visit {visit.code} — {visit.name}"
+        facts = (f"Study day {visit.day} · planned {fmt_date(visit.planned_date)}"
+                 + (f" (window {fmt_date(visit.window_start)} to {fmt_date(visit.window_end)})"
+                    if visit.window_start else "")
+                 + f" · actual {fmt_date(visit.actual_date)} · status {visit.status}")
+        context = None if visit.forms else f"{visit.code} {visit.name}"  # the form names it
+        out: list[Flowable] = [Marker(context, title, 0), para(title, st.h1),
+                               para(facts, st.muted)]
+        if visit.deviation:
+            out.append(para(f"Protocol deviation: {visit.deviation}", st.flag))
+        if visit.missing_forms:
+            out.append(para("Not entered: " + ", ".join(visit.missing_forms), st.muted))
+        if not visit.forms:
+            out.append(para("No forms were entered for this visit.", st.body))
+        for index, form in enumerate(visit.forms):
+            if index:
+                out.append(PageBreak())
+            out += self.form(visit, form)
+        return out
+
+    def form(self, visit: VisitRecord, form: FormRecord) -> list[Flowable]:
+        st = styles()
+        saved = (f" · last saved {fmt_utc(form.updated_at)} by {form.updated_by}"
+                 if form.updated_at else "")
+        out: list[Flowable] = [
+            Marker(f"{visit.code} · {form.title} (v{form.version})", form.title, 1),
+            Spacer(1, 2 * mm), para(form.title, st.h2),
+            para(f"Form {form.form_id}, version {form.version} · {form.status}{saved}", st.muted)]
+        for section in form.sections:
+            out.append(para(section.title, st.h3))
+            out += self.repeating(section) if section.repeating else self.section(section)
+        return out
+
+    def notes(self, item: ItemRecord) -> str:
+        parts = []
+        if item.flag and not item.not_applicable:
+            text = esc(item.flag_text).replace("≤ ", "≤\u00a0").replace("≥ ", "≥\u00a0")
+            parts.append(f'<font color="{FLAG_HEX}">{flag_symbol(item)} {text}'
+                         "</font>")
+        if item.computed:
+            parts.append("Computed")
+        if item.queries:
+            parts.append("Query " + ", ".join(f"Q{n}" for n in item.queries))
+        return "<br/>".join(parts)
+
+    def section(self, section: SectionRecord) -> list[Flowable]:
+        st = styles()
+        rows: list[list] = [[para("Item", st.cell_head), para("Value", st.cell_head),
+                             para("Notes", st.cell_head)]]
+        extra = []
+        for r, item in enumerate(section.items, start=1):
+            label = markup(f"{esc(item.label)}<br/><font size=7 color='#5b6673'>"
+                           f"{esc(item.item_id)}</font>", st.cell)
+            rows.append([label, value_cell(item), markup(self.notes(item), st.cell_small)])
+            if item.flag and not item.not_applicable:
+                extra.append(("BACKGROUND", (0, r), (-1, r), FLAG_BG))
+        table = DataTable(rows, colWidths=[0.42 * self.width, 0.33 * self.width,
+                                           0.25 * self.width], repeatRows=1)
+        table.setStyle(table_style(extra))
+        return [table]
+
+    def repeating(self, section: SectionRecord) -> list[Flowable]:
+        st = styles()
+        if not section.rows:
+            return [para("No rows entered.", st.muted)]
+        cols = section.columns
+        compact = len(cols) > 6
+        head_style, small = (st.compact_head, st.compact) if compact else (st.cell_head, st.cell)
+        head = [para("#", head_style)] + [
+            markup(esc(c.label) + (f"<br/><font size=7>({esc(c.unit)})</font>" if c.unit else ""),
+                   head_style) for c in cols]
+        rows: list[list] = [head]
+        notes: list[str] = []
+        extra = []
+        for r, row in enumerate(section.rows, start=1):
+            cells: list = [para(str(r), small)]
+            for c, item in enumerate(row, start=1):
+                cells.append(value_cell(item, empty="", compact=compact))
+                note = self.notes(item)
+                if note:
+                    notes.append(f"Row {r}, {esc(item.label)}: {note.replace('<br/>', '; ')}")
+                if item.flag and not item.not_applicable:
+                    extra.append(("BACKGROUND", (c, r), (c, r), FLAG_BG))
+            rows.append(cells)
+        widths = column_widths(
+            ["#", *(c.label for c in cols)],
+            [[str(r), *(_shown(i) for i in row)] for r, row in enumerate(section.rows, 1)],
+            self.width, font=SANS, bold=SANS_BOLD, size=head_style.fontSize, fixed=[7 * mm])
+        table = DataTable(rows, colWidths=widths, repeatRows=1)
+        table.setStyle(table_style(extra))
+        out: list[Flowable] = [table]
+        if notes:
+            out.append(Spacer(1, 1.5 * mm))
+            out += [markup(n, st.cell_small) for n in notes]
+        return out
+
+
+def render_casebook(casebook: Casebook, page_size_name: str = "A4") -> bytes:
+    """The subject's casebook as PDF bytes."""
+    return CasebookRenderer(casebook, page_size_name).render()
