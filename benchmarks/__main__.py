@@ -8,7 +8,8 @@ import sys
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-BENCHMARKS = ["bench_startup", "bench_enrol", "bench_subject_list", "bench_forms", "bench_logs", "bench_monitoring", "bench_pdf"]
+BENCHMARKS = ["bench_startup", "bench_enrol", "bench_subject_list", "bench_forms", "bench_logs",
+              "bench_monitoring", "bench_pdf"]
 
 
 def main(names: list[str]) -> int:
