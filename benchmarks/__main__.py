@@ -9,7 +9,7 @@ import sys
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 BENCHMARKS = ["bench_startup", "bench_enrol", "bench_subject_list", "bench_forms", "bench_logs",
-              "bench_monitoring", "bench_pdf"]
+              "bench_monitoring", "bench_pdf", "bench_odm"]
 
 
 def main(names: list[str]) -> int:

@@ -77,6 +77,38 @@ def _parser() -> argparse.ArgumentParser:
                     help="your account (exporting casebooks needs the monitor, data-manager "
                          "or admin role)")
 
+    sp = sub.add_parser("export-odm", help="write the study (or a subject or site) as a CDISC "
+                                           "ODM 1.3.2 file, chained to the previous export")
+    which = sp.add_mutually_exclusive_group()
+    which.add_argument("--subject", metavar="ID", help="screening number (S01-004) or id")
+    which.add_argument("--site", metavar="ID", help="site code")
+    sp.add_argument("--snapshot", action="store_true",
+                    help="current values only, no audit records, outside the laptop chain")
+    sp.add_argument("--out", type=Path, required=True, metavar="FILE")
+    sp.add_argument("--as", dest="as_user", required=True, metavar="USERNAME",
+                    help="your account (monitor, data manager or admin)")
+
+    sp = sub.add_parser("import-odm", help="merge another laptop's ODM file of this study, or "
+                                           "(--new-study) create a study from an ODM export of "
+                                           "OpenClinica, REDCap or crf-app")
+    sp.add_argument("file", type=Path, help="the ODM XML file")
+    sp.add_argument("--new-study", action="store_true",
+                    help="the database is empty: build the study from the file's metadata")
+    sp.add_argument("--strict", action="store_true",
+                    help="with --new-study: refuse the file if anything cannot be mapped")
+    sp.add_argument("--as", dest="as_user", metavar="USERNAME",
+                    help="merge: your data-manager or admin account")
+    sp.add_argument("--admin", metavar="USERNAME", help="--new-study: first admin's user name")
+    sp.add_argument("--admin-name", metavar="NAME", help="--new-study: admin's full name")
+    sp.add_argument("--report", type=Path, metavar="FILE",
+                    help="also write the import report to FILE")
+
+    sp = sub.add_parser("export-csv", help="one wide CSV per form, long AE and dosing files "
+                                           "and the data dictionary, for R or pandas")
+    sp.add_argument("--out", type=Path, required=True, metavar="DIR")
+    sp.add_argument("--as", dest="as_user", required=True, metavar="USERNAME",
+                    help="your account (monitor, data manager or admin)")
+
     sp = sub.add_parser("report", help="study reports: adverse events or dosing compliance")
     sp.add_argument("kind", choices=["ae", "sae", "compliance"],
                     help="ae: AE table term × grade (and SAE list); sae: SAE list; "
@@ -129,6 +161,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _forms(args)
     if cmd in ("init", "demo"):
         return _create(args)
+    if cmd == "import-odm" and args.new_study:
+        return _import_new_study(args)
     from crf_app.services.context import open_study
 
     study = open_study(args.database)
@@ -152,6 +186,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 0
         if cmd == "export-pdf":
             return _export_pdf(args, study)
+        if cmd in ("export-odm", "import-odm", "export-csv"):
+            return _interchange(args, study)
         if cmd == "report":
             from crf_app.services.reports import report_main
 
@@ -237,6 +273,68 @@ def _export_pdf(args: argparse.Namespace, study) -> int:
     print(file=sys.stderr)
     print(f"{len(result.written)} casebooks written to {args.out} in {result.seconds:.1f} s")
     return 0
+
+
+def _progress(done: int, total: int) -> None:
+    if sys.stderr.isatty():
+        print(f"\r{done}/{total}   ", end="", file=sys.stderr, flush=True)
+
+
+def _interchange(args: argparse.Namespace, study) -> int:
+    from crf_app.services.accounts import login
+
+    if args.as_user is None:
+        return _fail("--as: give your data-manager or admin account to merge a file")
+    ctx = login(study, args.as_user, _read_secret(f"Password for {args.as_user}: "))
+    if args.command == "export-odm":
+        from crf_app.services.odm_export import export_odm
+
+        summary = export_odm(ctx, args.out, subject=args.subject, site=args.site,
+                             snapshot=args.snapshot, progress=_progress)
+        for warning in summary.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        chain = f", follows {summary.prior_file_oid}" if summary.prior_file_oid else ""
+        print(f"{summary.subjects} subjects written to {summary.path} ({summary.file_type} "
+              f"file {summary.file_oid}{chain})")
+        return 0
+    if args.command == "export-csv":
+        from crf_app.services.csv_service import export_csv
+
+        summary = export_csv(ctx, args.out, progress=_progress)
+        print(f"{summary.subjects} subjects, {len(summary.files)} files written to "
+              f"{args.out}")
+        return 0
+    from crf_app.services.odm_import import import_odm
+
+    return _show_report(import_odm(ctx, args.file, progress=_progress), args.report)
+
+
+def _show_report(report, path: Path | None) -> int:
+    text = report.text()
+    print(text)
+    if path is not None:
+        path.write_text(text + "\n", encoding="utf-8")
+    return 0
+
+
+def _import_new_study(args: argparse.Namespace) -> int:
+    from crf_app.services.context import open_new_database
+    from crf_app.services.odm_import import import_new_study
+    from crf_app.services.setup import NewUser
+
+    username = args.admin or _ask("Admin user name: ")
+    full_name = args.admin_name or _ask("Admin full name: ")
+    password = _read_secret("Admin password: ")
+    db = open_new_database(args.database)
+    try:
+        study, report = import_new_study(
+            db, args.file, strict=args.strict, progress=_progress,
+            admin=NewUser(username, full_name, Role.ADMIN, password))
+        _show_report(report, args.report)
+        print(f"study {study.oid} created in {study.location}; log in as {username}")
+        return 0
+    finally:
+        db.dispose()
 
 
 def _forms(args: argparse.Namespace) -> int:

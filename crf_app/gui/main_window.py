@@ -141,6 +141,20 @@ class MainWindow(QMainWindow):
         self.audit_action.triggered.connect(self.show_audit)
         self.dashboard_action = QAction("Study &dashboard…", self)
         self.dashboard_action.triggered.connect(self.show_dashboard)
+        can_export = allowed(self.ctx.user.role, Action.EXPORT)
+        can_import = allowed(self.ctx.user.role, Action.IMPORT)
+        self.export_odm_action = QAction("Export &ODM 1.3.2…", self)
+        self.export_odm_action.setEnabled(can_export)
+        self.export_odm_action.triggered.connect(self.export_odm)
+        self.export_csv_action = QAction("Export &CSV…", self)
+        self.export_csv_action.setEnabled(can_export)
+        self.export_csv_action.triggered.connect(self.export_csv)
+        self.import_odm_action = QAction("&Import ODM (merge a laptop's file)…", self)
+        self.import_odm_action.setEnabled(can_import)
+        self.import_odm_action.triggered.connect(self.import_odm)
+        self.conflicts_action = QAction("Merge &conflicts…", self)
+        self.conflicts_action.setEnabled(can_import)
+        self.conflicts_action.triggered.connect(self.show_conflicts)
         about = QAction("&About crf-app", self)
         about.triggered.connect(self.about)
 
@@ -150,6 +164,8 @@ class MainWindow(QMainWindow):
         self.export_pdf_action = export_pdf_action(self, self.ctx, self.current_subject_id)
         file_menu = menu.addMenu("&File")
         file_menu.addAction(self.export_pdf_action)
+        file_menu.addActions([self.export_odm_action, self.export_csv_action,
+                              self.import_odm_action])
         file_menu.addSeparator()
         file_menu.addActions([self.backup_action, self.verify_action])
         file_menu.addSeparator()
@@ -157,7 +173,8 @@ class MainWindow(QMainWindow):
         subj = menu.addMenu("&Subjects")
         subj.addActions([self.enroll_action, find])
         monitoring = menu.addMenu("&Monitoring")
-        monitoring.addActions([self.queries_action, self.audit_action, self.dashboard_action])
+        monitoring.addActions([self.queries_action, self.audit_action, self.dashboard_action,
+                               self.conflicts_action])
         view = menu.addMenu("&View")
         view.addAction(self.refresh_action)
         help_menu = menu.addMenu("&Help")
@@ -173,6 +190,28 @@ class MainWindow(QMainWindow):
         self.addToolBar(tb)
 
     # --- behaviour ------------------------------------------------------------------------
+    def export_odm(self) -> None:
+        from crf_app.gui.interchange_dialogs import export_odm_interactive
+
+        export_odm_interactive(self, self.ctx)
+
+    def export_csv(self) -> None:
+        from crf_app.gui.interchange_dialogs import export_csv_interactive
+
+        export_csv_interactive(self, self.ctx)
+
+    def import_odm(self, path=None) -> None:
+        from crf_app.gui.interchange_dialogs import import_odm_interactive
+
+        if import_odm_interactive(self, self.ctx, path) is not None:
+            self.refresh()
+
+    def show_conflicts(self) -> None:
+        from crf_app.gui.conflicts import show_conflicts
+
+        show_conflicts(self, self.ctx)
+        self.refresh()
+
     def refresh(self) -> None:
         self.sae_banner.refresh()
         current = self.current_subject_id()

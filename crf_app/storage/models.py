@@ -261,5 +261,6 @@ class QueryMessage(Base):
     text: Mapped[str] = mapped_column(Text)
 
     query: Mapped[Query] = relationship(back_populates="messages")
+from crf_app.storage import interchange_models as _interchange_models  # noqa: E402,F401
 from crf_app.storage import log_models as _log_models  # noqa: E402,F401
 from crf_app.storage import signoff_models as _signoff_models  # noqa: E402,F401

@@ -20,7 +20,8 @@ def crf(*args, stdin="", db=None):
 @pytest.mark.parametrize("args", [[], ["init"], ["demo"], ["users"], ["users", "add"],
                                   ["users", "list"], ["verify-audit"], ["backup"],
                                   ["forms"], ["forms", "check"], ["forms", "dictionary"],
-                                  ["export-pdf"], ["report"]])
+                                  ["export-pdf"], ["report"], ["export-odm"],
+                                  ["import-odm"], ["export-csv"]])
 def test_help_for_every_command(args):
     out = crf(*args, "--help")
     assert out.returncode == 0, out.stderr
@@ -120,3 +121,38 @@ def test_export_pdf_and_reports_on_the_demo(tmp_path):
     assert denied.returncode == 1 and "may not export" in denied.stderr
     report = crf("report", "ae", db=db)
     assert report.returncode == 0 and "Headache" in report.stdout
+
+
+def test_odm_and_csv_round_trip_through_the_command_line(tmp_path):
+    from crf_app.services.demo import DEMO_PASSWORD
+
+    a, b, xml = tmp_path / "a.db", tmp_path / "b.db", tmp_path / "a.xml"
+    assert crf("demo", "--subjects", "4", db=a).returncode == 0
+    out = crf("export-odm", "--out", str(xml), "--as", "datamanager",
+              stdin=f"{DEMO_PASSWORD}\n", db=a)
+    assert out.returncode == 0, out.stderr
+    assert "4 subjects written" in out.stdout and "Transactional" in out.stdout
+    again = crf("import-odm", str(xml), "--as", "datamanager", stdin=f"{DEMO_PASSWORD}\n", db=a)
+    assert again.returncode == 1 and "exported from this database" in again.stderr
+    report = tmp_path / "report.txt"
+    new = crf("import-odm", "--new-study", str(xml), "--admin", "root", "--admin-name", "R Oot",
+              "--report", str(report), stdin=f"{PASSWORD}\n", db=b)
+    assert new.returncode == 0, new.stderr
+    assert "4 subjects added" in new.stdout and "4 subjects added" in report.read_text()
+    csv = crf("export-csv", "--out", str(tmp_path / "csv"), "--as", "root",
+              stdin=f"{PASSWORD}\n", db=b)
+    assert csv.returncode == 0, csv.stderr
+    header = (tmp_path / "csv" / "vital_signs.csv").read_text().splitlines()[0]
+    assert header.startswith("SITE,SUBJECT,VISIT")
+
+
+def test_import_odm_refuses_a_file_that_is_not_xml(tmp_path):
+    from crf_app.services.demo import DEMO_PASSWORD
+
+    a, junk = tmp_path / "a.db", tmp_path / "junk.xml"
+    assert crf("demo", "--subjects", "1", db=a).returncode == 0
+    junk.write_text("hello", encoding="utf-8")
+    out = crf("import-odm", str(junk), "--as", "datamanager", stdin=f"{DEMO_PASSWORD}\n", db=a)
+    assert out.returncode == 1
+    assert "not an XML file" in out.stderr and "nothing was imported" in out.stderr
+    assert "Traceback" not in out.stderr

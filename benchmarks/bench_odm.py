@@ -1,0 +1,203 @@
+"""ODM 1.3.2 import and export of a 1,000-subject study: time and peak memory.
+
+The source file is written by crf-app's own ODM writer from generated records (every subject
+enrolled, five visits, vital signs and NIHSS at each, a concomitant-medication table, about
+10 % of the values corrected with a reason), so it carries what a laptop's transactional file
+carries. It is then imported (merged) into an empty study database, and that study exported
+again. Each step runs in its own process so its memory is measured alone: the process's peak
+resident set (ru_maxrss, which includes lxml's and SQLite's C memory) and, in a separate run
+because tracemalloc slows Python several times, the Python heap peak.
+Importing and exporting 250 and 1,000 subjects shows whether memory grows with the study.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+from benchmarks.common import PASSWORD, new_study, tmpdir
+
+N = 1000
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = r"""
+import json, resource, sys, time, tracemalloc
+from pathlib import Path
+from crf_app.services.passwords import use_fast_hashing_for_tests
+use_fast_hashing_for_tests()
+from crf_app.services.accounts import login
+from crf_app.services.context import open_study
+op, db, path, password, heap = sys.argv[1:6]
+study = open_study(db)
+ctx = login(study, "admin", password)
+if op == "import":
+    from crf_app.services.odm_import import import_odm as run
+    options = {}
+else:
+    from crf_app.services.odm_export import export_odm as run
+    options = {"snapshot": op == "snapshot"}
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if heap == "1":
+    tracemalloc.start()
+t0 = time.perf_counter()
+result = run(ctx, Path(path), **options)
+seconds = time.perf_counter() - t0
+peak = tracemalloc.get_traced_memory()[1] if heap == "1" else 0
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+study.close()
+print(json.dumps({"seconds": seconds, "py_peak_mb": peak / 2**20,
+                  "rss_growth_mb": (after - before) / 1024, "rss_peak_mb": after / 1024}))
+"""
+
+
+def _child(op: str, db: Path, path: Path, heap: bool = False) -> dict:
+    """Run one import or export in a fresh process (tracemalloc only when `heap`: it slows
+    Python down several times, so times are measured without it)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-c", CHILD, op, str(db), str(path), PASSWORD,
+                          "1" if heap else "0"],
+                         capture_output=True, text=True, env=env, check=False)
+    if out.returncode:
+        raise RuntimeError(f"{op} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _records(study, n: int, seed: int = 11):
+    """Generated SubjectRecords with realistic audited histories."""
+    from crf_app.domain.forms import validate_form
+    from crf_app.exports import odm as oe
+    from crf_app.services.demo import _nihss, _vitals
+    from crf_app.services.forms import flatten, form_library
+
+    rng = random.Random(seed)
+    lib = form_library(study)
+    protocol = study.protocol
+    sites = [s.code for s in protocol.sites]
+    vital, nihss, conmeds = lib.get("vital_signs"), lib.get("nihss"), lib.get("conmeds")
+    start = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
+    for i in range(n):
+        site = sites[i % len(sites)]
+        sn = f"{site}-{i + 1:05d}"
+        t = start + timedelta(minutes=37 * i)
+        consent = t.date()
+        baseline = consent + timedelta(days=3)
+
+        def created(value, at, user="inv"):
+            return oe.Cell("", value, [oe.Change(at, user, value)], complete_history=True)
+
+        fields = []
+        for f, value in (("SITE", site), ("INITIALS", "ABC"), ("BRTHYR", str(1940 + i % 45)),
+                         ("SEX", "FM"[i % 2]), ("ARM", "NSX" if i % 2 else "PBO"),
+                         ("RFICDTC", consent.isoformat()), ("ENRLDT", consent.isoformat()),
+                         ("SUBJSTAT", "screening")):
+            cell = created(value, t)
+            cell.item_id = f
+            fields.append(cell)
+        bl_at = t + timedelta(days=3)
+        fields.append(oe.Cell("BASEDT", baseline.isoformat(),
+                              [oe.Change(bl_at, "inv", baseline.isoformat())], True))
+        fields[-2].value = "on_study"
+        fields[-2].history.append(oe.Change(bl_at, "inv", "on_study", old="screening"))
+        rec = oe.SubjectRecord(sn, site, fields)
+        from crf_app.domain.subjects import schedule
+
+        for pv in schedule(protocol, baseline):
+            v_at = datetime.combine(pv.planned, datetime.min.time(), UTC) + timedelta(hours=10)
+            vrec = oe.VisitRecord(pv.code, [
+                oe.Cell("PLANDT", pv.planned.isoformat(),
+                        [oe.Change(bl_at, "inv", pv.planned.isoformat())], True),
+                oe.Cell("VISDT", pv.planned.isoformat(),
+                        [oe.Change(v_at, "inv", pv.planned.isoformat())], True),
+                oe.Cell("VISSTAT", "done", [oe.Change(v_at, "inv", "done", old="planned")],
+                        True)])
+            forms = [(vital, _vitals(rng)), (nihss, _nihss(rng, 10))]
+            if pv.code == "SCR":
+                forms.append((conmeds, {"medications": [
+                    {"CMTRT": "Aspirin", "CMINDC": "Secondary prevention", "CMDOSE": "100",
+                     "CMDOSU": "mg", "CMROUTE": "PO", "CMDOSFRQ": "QD", "CMSTDTC": "2025-03",
+                     "CMONGO": "Y"},
+                    {"CMTRT": "Atorvastatin", "CMINDC": "Hyperlipidaemia", "CMDOSE": "40",
+                     "CMDOSU": "mg", "CMROUTE": "PO", "CMDOSFRQ": "QD", "CMSTDTC": "2024",
+                     "CMONGO": "Y"}]}))
+            for form, raw in forms:
+                result = validate_form(form, raw, complete=True)
+                assert result.ok, result.errors
+                f_at = v_at + timedelta(minutes=20)
+                frec = oe.FormRecord(form.id, "complete", f_at, "inv")
+                for (item, row), value in sorted(flatten(form, result.values).items()):
+                    history = [oe.Change(f_at, "inv", value)]
+                    if rng.random() < 0.1 and form is vital and item in ("PULSE", "DIABP"):
+                        first = str(int(value) + 1)
+                        history = [oe.Change(f_at, "inv", first),
+                                   oe.Change(f_at + timedelta(hours=2), "inv", value,
+                                             "transcription error", old=first)]
+                    frec.cells.append(oe.Cell(item, value, history, row, True))
+                vrec.forms.append(frec)
+            rec.visits.append(vrec)
+        yield rec
+
+
+def write_source(study, path: Path, n: int) -> None:
+    """A transactional crf-app ODM file of `n` generated subjects."""
+    from crf_app.exports import odm as oe
+    from crf_app.exports.odm import write_odm
+    from crf_app.services.forms import form_library
+
+    plan = oe.ExportPlan(
+        study_oid=study.oid, title=study.title, protocol=study.protocol,
+        library=form_library(study), metadata_version=study.metadata_version,
+        study_created=date(2026, 1, 1), file_oid=f"{study.oid}.BENCHLAPTOP.T00001",
+        prior_file_oid=None, file_type=oe.TRANSACTIONAL,
+        created_at=datetime(2026, 11, 24, tzinfo=UTC), originator="crf-app node BENCHLAPTOP",
+        description="benchmark source", users=[("inv", "Investigator")],
+        sites=[(s.code, s.name) for s in study.protocol.sites], subject_count=n,
+        subjects=_records(study, n))
+    with path.open("wb") as fh:
+        write_odm(fh, plan)
+
+
+def _study_of(d: Path, n: int) -> tuple[Path, dict]:
+    """A source file of `n` subjects imported into an empty study; returns (db, import)."""
+    source, _ = new_study(d / f"source-{n}.db")
+    src = d / f"laptop-{n}.xml"
+    write_source(source, src, n)
+    source.close()
+    target, _ = new_study(d / f"study-{n}.db")
+    target.close()
+    return d / f"study-{n}.db", _child("import", d / f"study-{n}.db", src)
+
+
+def run():
+    d = tmpdir()
+    t0 = time.perf_counter()
+    probe, _ = new_study(d / "probe.db")
+    write_source(probe, d / "probe.xml", N)
+    gen_s = time.perf_counter() - t0
+    probe.close()
+    size = (d / "probe.xml").stat().st_size / 2**20
+    big, imp = _study_of(d, N)
+    small, imp_small = _study_of(d, N // 4)
+    exp = _child("export", big, d / "export-1000.xml")
+    exp_small = _child("export", small, d / "export-250.xml")
+    heap = _child("snapshot", big, d / "snapshot-1000.xml", heap=True)
+    heap_small = _child("snapshot", small, d / "snapshot-250.xml", heap=True)
+    yield ("write a 1,000-subject transactional file (writer only)", f"{gen_s:.1f} s",
+           f"({size:.0f} MB)")
+    yield ("import (merge) 1,000 subjects: time", f"{imp['seconds']:.1f} s", "< 60 s")
+    yield ("import: ms per subject with 1,000 / with 250 subjects",
+           f"{imp['seconds'] / N * 1000:.0f} / {imp_small['seconds'] / (N // 4) * 1000:.0f} ms",
+           "equal (linear)")
+    yield ("import: process peak RSS with 1,000 / with 250 subjects",
+           f"{imp['rss_peak_mb']:.0f} / {imp_small['rss_peak_mb']:.0f} MB", "equal (streamed)")
+    yield ("export 1,000 subjects (transactional): time", f"{exp['seconds']:.1f} s",
+           "< 30 s")
+    yield ("export: process peak RSS with 1,000 / with 250 subjects",
+           f"{exp['rss_peak_mb']:.0f} / {exp_small['rss_peak_mb']:.0f} MB", "equal (streamed)")
+    yield ("export: Python heap peak with 1,000 / with 250 subjects",
+           f"{heap['py_peak_mb']:.0f} / {heap_small['py_peak_mb']:.0f} MB", "equal (streamed)")

@@ -1,0 +1,137 @@
+"""Hostile or broken files are refused with a plain message, and nothing at all is imported."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from crf_app.domain.roles import Role
+from crf_app.services.odm_export import export_odm
+from crf_app.services.odm_import import ImportRefused, import_new_study, import_odm
+from crf_app.services.setup import NewUser
+from tests.interchange.odm_helpers import PASSWORD, counts, dump
+
+BOMB = """<?xml version="1.0"?>
+<!DOCTYPE ODM [
+ <!ENTITY a "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa">
+ <!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">
+ <!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;">
+ <!ENTITY d "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">
+ <!ENTITY e "&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;&d;">
+ <!ENTITY f "&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;&e;">
+ <!ENTITY g "&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;&f;">
+]>
+<ODM xmlns="http://www.cdisc.org/ns/odm/v1.3" FileOID="&g;" FileType="Transactional"
+     CreationDateTime="2026-01-01T00:00:00" SourceSystem="crf-app"><Study OID="&g;"/></ODM>
+"""
+XXE = """<?xml version="1.0"?>
+<!-- harmless-looking comment first -->
+<!DOCTYPE ODM [<!ENTITY secret SYSTEM "file:///etc/passwd">]>
+<ODM xmlns="http://www.cdisc.org/ns/odm/v1.3" FileOID="F" FileType="Transactional"
+     CreationDateTime="2026-01-01T00:00:00" SourceSystem="crf-app">&secret;</ODM>
+"""
+
+
+@pytest.fixture
+def target(laptop_a, laptops, tmp_path):
+    """Laptop B holding one imported file; `valid` is laptop A's next (valid) file."""
+    export_odm(laptop_a.dm, tmp_path / "x1.xml")
+    b = laptops("b")
+    import_odm(b.dm, tmp_path / "x1.xml")
+    from datetime import date, timedelta
+
+    from crf_app.domain.subjects import Enrollment
+    from crf_app.services.subjects import enroll_subject
+
+    today = date.today()
+    enroll_subject(laptop_a.inv, Enrollment("S02-077", "S02", "ABC", 1966, "M", "PBO",
+                                            today - timedelta(days=1), today))
+    export_odm(laptop_a.dm, tmp_path / "x2.xml")
+    return b, (tmp_path / "x2.xml").read_text(encoding="utf-8")
+
+
+def _in_data(text: str, old: str, new: str) -> bytes:
+    """Replace the first `old` inside ClinicalData (not in the metadata)."""
+    head, sep, data = text.partition("<ClinicalData")
+    assert old in data, old
+    return (head + sep + data.replace(old, new, 1)).encode()
+
+
+def _mutate(text: str, case: str) -> bytes:
+    if case == "not XML":
+        return b"SUBJECT,VISIT,SYSBP\nS01-001,SCR,120\n"
+    if case == "empty":
+        return b""
+    if case == "XML that is not ODM":
+        return b"<?xml version='1.0'?><html><body><p>ODM</p></body></html>"
+    if case == "ODM for another study":
+        return text.replace('OID="NASEMAX-PSR-01"', 'OID="OTHER-TRIAL"').replace(
+            'StudyOID="NASEMAX-PSR-01"', 'StudyOID="OTHER-TRIAL"').encode()
+    if case == "truncated":
+        data = text.encode()
+        return data[: int(len(data) * 0.8)]
+    if case == "broken in the middle":
+        return text.replace("</SubjectData>", "</SubjectDat>", 1).encode()
+    if case == "unknown ItemOID":
+        return _in_data(text, 'ItemOID="I.CRFAPP.INITIALS"', 'ItemOID="I.CRFAPP.NICKNAME"')
+    if case == "unknown form":
+        return _in_data(text, 'FormOID="F.CRFAPP.SUBJECT"', 'FormOID="F.secret_form"')
+    if case == "value of the wrong type":
+        return re.sub(r'(ItemOID="I\.CRFAPP\.BRTHYR" Value=")\d+', r"\g<1>nineteen sixty",
+                      text, count=1).encode()
+    if case == "billion laughs":
+        return BOMB.encode()
+    if case == "external entity":
+        return XXE.encode()
+    raise AssertionError(case)
+
+
+CASES = {
+    "not XML": "not an XML file",
+    "empty": "is empty",
+    "XML that is not ODM": "not a CDISC ODM 1.3 file",
+    "ODM for another study": "is for study OTHER-TRIAL",
+    "truncated": "truncated",
+    "broken in the middle": "not well-formed XML",
+    "unknown ItemOID": "I.CRFAPP.NICKNAME",
+    "unknown form": "F.secret_form",
+    "value of the wrong type": "nineteen sixty",
+    "billion laughs": "DOCTYPE",
+    "external entity": "DOCTYPE",
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_hostile_file_is_refused_and_nothing_is_imported(target, tmp_path, case):
+    b, valid = target
+    path = tmp_path / "hostile.xml"
+    path.write_bytes(_mutate(valid, case))
+    before_counts, before_data = counts(b.path), dump(b.path)
+    with pytest.raises(ImportRefused, match=CASES[case]) as refused:
+        import_odm(b.dm, path)
+    assert "nothing was imported" in str(refused.value)
+    assert counts(b.path) == before_counts
+    assert dump(b.path) == before_data
+    # the valid file still imports afterwards: the refusal left nothing half-done
+    (tmp_path / "ok.xml").write_text(valid, encoding="utf-8")
+    assert import_odm(b.dm, tmp_path / "ok.xml").subjects_added == 1
+
+
+@pytest.mark.parametrize("case", ["billion laughs", "external entity", "not XML", "truncated",
+                                  "XML that is not ODM"])
+def test_a_hostile_file_creates_no_new_study(target, tmp_path, case):
+    from crf_app.services.context import open_new_database
+
+    _, valid = target
+    path = tmp_path / "hostile.xml"
+    path.write_bytes(_mutate(valid, case))
+    db = open_new_database(f"sqlite:///{tmp_path / 'new.db'}")
+    try:
+        with pytest.raises(ImportRefused):
+            import_new_study(db, path, admin=NewUser("admin", "Ada Admin", Role.ADMIN,
+                                                     PASSWORD))
+    finally:
+        db.dispose()
+    assert counts(tmp_path / "new.db")["study"] == 0
+    assert counts(tmp_path / "new.db")["audit_event"] == 0
