@@ -27,9 +27,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 
-## bench: performance figures (printed, and kept in README's performance section)
+## bench: performance figures (printed, and kept in README's performance section), on a
+## generated study cached in benchmarks/.cache/; e.g. make bench BENCH_SUBJECTS=1000
+## BENCH="bench_startup bench_subject_list" runs those two on a 1,000-subject study
+BENCH_SUBJECTS ?= 10000
+BENCH ?=
 bench: $(STAMP)
-	QT_QPA_PLATFORM=offscreen $(BIN)/python -m benchmarks
+	QT_QPA_PLATFORM=offscreen BENCH_SUBJECTS=$(BENCH_SUBJECTS) $(BIN)/python -m benchmarks $(BENCH)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from crf_app import __version__
-from crf_app.domain.errors import CrfError, ValidationFailed
+from crf_app.domain.errors import CrfError, FieldError, ValidationFailed
 from crf_app.domain.roles import Role
 from crf_app.paths import FORMS_DIR
 
@@ -32,10 +32,22 @@ def _parser() -> argparse.ArgumentParser:
                                                                   "the form files")
     sp.add_argument("--admin", metavar="USERNAME", help="admin user name (asked if omitted)")
     sp.add_argument("--admin-name", metavar="NAME", help="admin's full name (asked if omitted)")
+    sp.add_argument("--encrypt", action="store_true",
+                    help="encrypt the new database file (SQLCipher); asks for a passphrase")
 
     sp = sub.add_parser("demo", help="create a demo database: accounts of every role and "
                                      "subjects at different stages")
-    sp.add_argument("--subjects", type=int, default=12, help="number of subjects (default 12)")
+    sp.add_argument("--subjects", type=int, default=12,
+                    help="number of subjects (default 12); above 100 a large study is generated "
+                         "in bulk: every visit's forms filled, dosing, AEs, queries, "
+                         "verification and signatures over --sites sites")
+    sp.add_argument("--large", action="store_true",
+                    help="generate the large study in bulk even for a few subjects")
+    sp.add_argument("--sites", type=int, default=None, metavar="N",
+                    help="large study: number of sites (default 10)")
+    sp.add_argument("--seed", type=int, default=None,
+                    help="large study: random seed (default 2026; the same seed gives the same "
+                         "study)")
 
     sp = sub.add_parser("users", help="list or add user accounts")
     usub = sp.add_subparsers(dest="users_command", metavar="ACTION", required=True)
@@ -48,8 +60,17 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--as", dest="as_user", required=True, metavar="USERNAME",
                     help="your own admin or data-manager account")
 
-    sub.add_parser("verify-audit", help="walk the hash-chained audit trail; exit 1 and name the "
-                                        "first broken event if it was tampered with")
+    sp = sub.add_parser("verify-audit", help="walk the hash-chained audit trail and replay it "
+                                             "against the data; exit 1 and name every broken "
+                                             "event and every value changed, deleted or "
+                                             "inserted behind the app's back")
+    sp.add_argument("--show", type=int, default=50, metavar="N",
+                    help="list at most N discrepancies (default 50; all are counted)")
+
+    sp = sub.add_parser("encrypt", help="write an encrypted copy (SQLCipher) of this plain "
+                                        "database; asks for the passphrase twice")
+    sp.add_argument("--out", type=Path, required=True, metavar="FILE",
+                    help="the new encrypted database file")
 
     sp = sub.add_parser("backup", help="write a consistent copy of the database (safe while the "
                                        "app is open)")
@@ -132,6 +153,27 @@ def _ask(prompt: str) -> str:
     return sys.stdin.readline().strip()
 
 
+def _repeated_secret(prompt: str) -> str:
+    first = _read_secret(prompt)
+    if _read_secret("Repeat it: ") != first:
+        raise ValidationFailed([FieldError("passphrase", "repeat", "the two entries differ")])
+    return first
+
+
+def _ask_passphrase(database: str | None) -> None:
+    """An encrypted database file: ask its passphrase (unless $CRF_DB_PASSPHRASE gives it)."""
+    from crf_app.services.encryption import needs_passphrase, unlock
+
+    if needs_passphrase(database):
+        unlock(database, _read_secret("Database passphrase: "))
+
+
+def _new_passphrase(database: str | None) -> None:
+    from crf_app.services.encryption import use_passphrase_for_new
+
+    use_passphrase_for_new(database, _repeated_secret("Passphrase for the new database: "))
+
+
 def _fail(message: str) -> int:
     print(f"crf-app: error: {message}", file=sys.stderr)
     return 1
@@ -149,6 +191,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
+    except OSError as exc:  # a path given on the command line: missing, a folder, a file…
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(f"{exc.strerror or exc}{where}")
+    except Exception as exc:
+        from sqlalchemy.exc import ArgumentError
+
+        if isinstance(exc, ArgumentError):  # --database is not a URL SQLAlchemy can open
+            return _fail(f"--database: {exc}")
+        raise
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -160,7 +211,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if cmd == "forms":
         return _forms(args)
     if cmd in ("init", "demo"):
+        if getattr(args, "encrypt", False):
+            _new_passphrase(args.database)
         return _create(args)
+    _ask_passphrase(args.database)
+    if cmd == "encrypt":
+        from crf_app.services.encryption import encrypt_copy
+
+        print(f"encrypted copy written to "
+              f"{encrypt_copy(args.database, args.out, _repeated_secret('Passphrase: '))}")
+        return 0
     if cmd == "import-odm" and args.new_study:
         return _import_new_study(args)
     from crf_app.services.context import open_study
@@ -173,12 +233,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             from crf_app.services.maintenance import verify_audit
 
             report = verify_audit(study.db)
-            if report.ok:
-                print(f"audit trail verified: {report.events_checked} events, chain intact")
-                return 0
-            print(f"audit trail BROKEN at event {report.broken_event_id}: {report.problem} "
-                  f"({report.events_checked} events before it verified)")
-            return 1
+            print("\n".join(report.lines(show=max(args.show, 0))))
+            return 0 if report.ok else 1
         if cmd == "backup":
             from crf_app.services.maintenance import backup
 
@@ -206,6 +262,28 @@ def _create(args: argparse.Namespace) -> int:
     definition = load_definition(getattr(args, "forms", FORMS_DIR))
     db = open_new_database(args.database)
     try:
+        if args.command == "demo" and (args.large or args.subjects > 100 or args.sites
+                                       or args.seed is not None):
+            # a large study, generated in bulk (crf_app.services.generate)
+            from crf_app.services.demo import DEMO_PASSWORD
+            from crf_app.services.generate import DEFAULT_SEED, DEFAULT_SITES, generate_study
+
+            if args.subjects < 1 or not 1 <= (args.sites or DEFAULT_SITES) <= 99:
+                return _fail("--subjects must be at least 1 and --sites between 1 and 99")
+            tty = sys.stderr.isatty()
+            summary = generate_study(
+                db, definition.protocol, definition.forms, subjects=args.subjects,
+                sites=args.sites or DEFAULT_SITES,
+                seed=DEFAULT_SEED if args.seed is None else args.seed,
+                progress=lambda done, total: tty and print(
+                    f"\r{done}/{total} subjects", end="", file=sys.stderr, flush=True))
+            if tty:
+                print(file=sys.stderr)
+            print(f"demo study {summary.study.oid} generated in {summary.study.location}: "
+                  f"{summary.text()}\nevery demo account (admin, coordinator, investigator, "
+                  f"monitor, datamanager) and each site's investigator (investigator_s02…) has "
+                  f"the password {DEMO_PASSWORD}")
+            return 0
         if args.command == "demo":
             from crf_app.services.demo import DEMO_PASSWORD, create_demo_study
 
@@ -289,6 +367,9 @@ def _interchange(args: argparse.Namespace, study) -> int:
     if args.command == "export-odm":
         from crf_app.services.odm_export import export_odm
 
+        if not args.out.name or args.out.is_dir():
+            return _fail(f"--out: give the name of the ODM file to write ({args.out} is a "
+                         "folder)")
         summary = export_odm(ctx, args.out, subject=args.subject, site=args.site,
                              snapshot=args.snapshot, progress=_progress)
         for warning in summary.warnings:
@@ -313,7 +394,11 @@ def _show_report(report, path: Path | None) -> int:
     text = report.text()
     print(text)
     if path is not None:
-        path.write_text(text + "\n", encoding="utf-8")
+        try:
+            path.write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            return _fail(f"--report: cannot write {path}: {exc.strerror} (the import itself "
+                         "was done)")
     return 0
 
 

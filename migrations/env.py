@@ -18,6 +18,9 @@ def _run(connection: Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=True,  # SQLite cannot ALTER most things; batch mode copies the table
         compare_type=True,
+        # One transaction for the whole upgrade, on SQLite too (Alembic's SQLite default is a
+        # commit per revision): a crash mid-upgrade leaves the old schema, never a mix.
+        transactional_ddl=True,
     )
     with context.begin_transaction():
         context.run_migrations()

@@ -275,13 +275,35 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} in a casebook")
 
 
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+_LEAVES = frozenset({str, int, float, bool, type(None), datetime, date, time, Decimal})
+
+
+def _plain(value: Any) -> Any:
+    """What `dataclasses.asdict` gives for the casebook's frozen data (dicts, lists and the
+    leaf values), without its deep copies: a casebook holds thousands of records."""
+    cls = type(value)
+    if cls in _LEAVES:
+        return value
+    names = _FIELD_NAMES.get(cls)
+    if names is None and dataclasses.is_dataclass(value) and not isinstance(value, type):
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(value))
+    if names is not None:
+        return {name: _plain(getattr(value, name)) for name in names}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    return value
+
+
 def casebook_json(casebook: Casebook) -> bytes:
     """Canonical JSON of the casebook's data (sorted keys, UTF-8, no whitespace).
 
     The generation stamp (when, by whom) is left out, so two exports of unchanged data carry
     the same digest and a reader can tell at a glance whether the data differ.
     """
-    data = dataclasses.asdict(casebook)
+    data = _plain(casebook)
     del data["generated_at"], data["generated_by"]
     return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
                       allow_nan=False, default=_json_default).encode("utf-8")

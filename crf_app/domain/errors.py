@@ -61,5 +61,31 @@ class DatabaseRefused(CrfError):
     """The database cannot be opened: not SQLite, corrupt, or newer than this app."""
 
 
+class StorageFailed(DatabaseRefused):
+    """The disk or the database refused a read or a write: a full disk, a read-only file,
+    an input/output error, a database held busy by another program. A refused write saved
+    nothing of that change; everything saved before it is intact.
+
+    `cause` names the failure for callers that react to it: one of DISK_FULL, READ_ONLY,
+    IO_ERROR, BUSY, DAMAGED, CANNOT_OPEN, UNAVAILABLE, OTHER."""
+
+    DISK_FULL = "disk_full"
+    READ_ONLY = "read_only"
+    IO_ERROR = "io_error"
+    BUSY = "busy"
+    DAMAGED = "damaged"
+    CANNOT_OPEN = "cannot_open"
+    UNAVAILABLE = "unavailable"  # a database server that cannot be reached
+    OTHER = "other"
+
+    def __init__(self, message: str, cause: str = "other"):
+        super().__init__(message)
+        self.cause = cause
+
+
+class PassphraseRequired(DatabaseRefused):
+    """The database file is encrypted and no passphrase was given for it."""
+
+
 class StaleData(CrfError):
     """Someone else saved the record since it was read."""

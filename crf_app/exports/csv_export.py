@@ -14,6 +14,7 @@ them in batches); nothing here reads the database.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
@@ -92,7 +93,7 @@ class _Files:
 
     def open(self, name: str, columns: list[str]) -> None:
         path = self.folder / f"{name}.csv"
-        fh = path.open("w", encoding="utf-8", newline="")
+        fh = _part(path).open("w", encoding="utf-8", newline="")
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(columns)
         self.handles[name] = (fh, writer)
@@ -106,6 +107,24 @@ class _Files:
     def close(self) -> None:
         for fh, _ in self.handles.values():
             fh.close()
+
+    def publish(self) -> None:
+        """Every file complete: durable on disk, then renamed to its final name."""
+        for path in self.paths:
+            with _part(path).open("rb") as fh:
+                os.fsync(fh.fileno())
+        for path in self.paths:
+            os.replace(_part(path), path)
+
+    def discard(self) -> None:
+        self.close()
+        for path in self.paths:
+            _part(path).unlink(missing_ok=True)
+
+
+def _part(path: Path) -> Path:
+    """Files are written under a temporary name, so a crash never leaves a partial .csv."""
+    return path.with_name(path.name + ".part")
 
 
 def _plain(form: FormDef) -> list[str]:
@@ -155,11 +174,10 @@ def write_csv(folder: Path, plan: CsvPlan, *,
                 progress(n, max(n, plan.subject_count))
         files.close()
         dictionary = folder / "data_dictionary.csv"
-        dictionary.write_text(dictionary_csv(plan.library), encoding="utf-8")
         files.paths.append(dictionary)
+        _part(dictionary).write_text(dictionary_csv(plan.library), encoding="utf-8")
+        files.publish()
     except BaseException:
-        files.close()
-        for path in files.paths:
-            path.unlink(missing_ok=True)
+        files.discard()
         raise
     return CsvSummary(folder, files.paths, files.rows, n)

@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from crf_app.domain.errors import AuthenticationFailed
+from crf_app.domain.errors import CrfError
 from crf_app.gui.widgets import ErrorLabel
 from crf_app.services.accounts import login
 from crf_app.services.context import UserContext
@@ -62,7 +62,7 @@ class UnlockDialog(QDialog):
     def try_unlock(self) -> None:
         try:
             login(self.ctx.study, self.ctx.user.username, self.password.text())
-        except AuthenticationFailed as exc:
+        except CrfError as exc:  # a wrong password, or a login that cannot be written
             self.error.show_error(str(exc))
             self.password.clear()
             return

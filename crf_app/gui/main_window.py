@@ -74,11 +74,15 @@ class MainWindow(QMainWindow):
         left_layout = QVBoxLayout(left)
         left_layout.addWidget(self.filter)
         left_layout.addWidget(self.table)
-        self.subject_view = SubjectView(ctx)
-        self.subject_view.changed.connect(self._subject_changed)
-        splitter = QSplitter()
+        # the subject view (tabs, logs, timeline) is built when a subject is first chosen: the
+        # list shows without waiting for it (see `subject_view`)
+        self._subject_view: SubjectView | None = None
+        self._keeping: int | None = None  # see _filter_changed
+        self._no_subject = QLabel("Select a subject in the list.")
+        self._no_subject.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.splitter = splitter = QSplitter()
         splitter.addWidget(left)
-        splitter.addWidget(self.subject_view)
+        splitter.addWidget(self._no_subject)
         splitter.setSizes([620, 660])
         outer.addWidget(splitter, 1)
         self.setCentralWidget(central)
@@ -86,7 +90,7 @@ class MainWindow(QMainWindow):
         self.count_label = QLabel()
         self.statusBar().addPermanentWidget(self.count_label)
         self.statusBar().addPermanentWidget(QLabel(f"Database: {study.location}"))
-        self.refresh()
+        self._load_subjects()  # the SAE banner has just loaded its alerts
         from crf_app.gui.idle_lock import IdleLock
 
         self.idle_lock = IdleLock(self, ctx)
@@ -212,8 +216,24 @@ class MainWindow(QMainWindow):
         show_conflicts(self, self.ctx)
         self.refresh()
 
+    @property
+    def subject_view(self) -> SubjectView:
+        """The chosen subject's view, built on first use in place of the placeholder."""
+        if self._subject_view is None:
+            view = SubjectView(self.ctx)
+            view.changed.connect(self._subject_changed)
+            sizes = self.splitter.sizes()
+            self.splitter.replaceWidget(1, view)
+            self._no_subject.deleteLater()
+            self.splitter.setSizes(sizes)
+            self._subject_view = view
+        return self._subject_view
+
     def refresh(self) -> None:
         self.sae_banner.refresh()
+        self._load_subjects()
+
+    def _load_subjects(self) -> None:
         current = self.current_subject_id()
         rows = list_subjects(self.ctx)
         self.model.set_rows(rows)
@@ -228,25 +248,31 @@ class MainWindow(QMainWindow):
 
     def _filter_changed(self, text: str) -> None:
         current = self.current_subject_id()
-        self.model.set_filter(text)
-        self._show_count()
-        if current is not None:
-            self.select_subject(current)
+        self._keeping = current  # the subject shown stays selected: nothing to reload
+        try:
+            self.model.set_filter(text)
+            self._show_count()
+            kept = current is not None and self.select_subject(current)
+        finally:
+            self._keeping = None
+        if current is not None and not kept:  # filtered out of the list
+            self.subject_view.show_subject(None)
 
     def current_subject_id(self) -> int | None:
         rows = self.table.selectionModel().selectedRows()
         return rows[0].data(SubjectIdRole) if rows else None
 
     def select_subject(self, subject_id: int) -> bool:
-        for r in range(self.model.rowCount()):
-            idx = self.model.index(r, 0)
-            if idx.data(SubjectIdRole) == subject_id:
-                self.table.selectRow(r)
-                self.table.scrollTo(idx)
-                return True
-        return False
+        r = self.model.row_of(subject_id)
+        if r is None:
+            return False
+        self.table.selectRow(r)
+        self.table.scrollTo(self.model.index(r, 0))
+        return True
 
     def _selection_changed(self, _sel: QItemSelection, _desel: QItemSelection) -> None:
+        if self._keeping is not None:  # a filter keystroke re-selects the same subject
+            return
         self.subject_view.show_subject(self.current_subject_id())
 
     def _subject_changed(self, subject_id: int) -> None:
@@ -273,15 +299,59 @@ class MainWindow(QMainWindow):
             return
         self.statusBar().showMessage(f"Backup written to {written}", 6000)
 
-    def verify_audit(self) -> None:
-        report = maintenance.verify_audit(self.ctx.study.db)
+    def verify_audit(self) -> QMessageBox:
+        """Walk the hash chain and replay the trail against the data; show what
+        `crf-app verify-audit` prints (the full list of discrepancies under Show Details)."""
+        import threading
+
+        from PySide6.QtWidgets import QApplication, QProgressDialog
+
+        # A big study takes minutes (about 50,000 events/s for the chain, 150,000 for the
+        # replay): verify in a worker thread and keep the window painted meanwhile.
+        done: dict[str, object] = {}
+
+        def work() -> None:
+            try:
+                done["report"] = maintenance.verify_audit(self.ctx.study.db)
+            except BaseException as exc:  # re-raised below, in the GUI thread
+                done["error"] = exc
+
+        worker = threading.Thread(target=work, name="verify-audit", daemon=True)
+        busy = QProgressDialog("Verifying the audit trail and replaying it against the data…",
+                               "", 0, 0, self)
+        busy.setCancelButton(None)
+        busy.setWindowModality(Qt.WindowModality.WindowModal)
+        busy.setMinimumDuration(500)
+        QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
+        worker.start()
+        try:
+            while worker.is_alive():
+                QApplication.processEvents()
+                worker.join(0.05)
+        finally:
+            QApplication.restoreOverrideCursor()
+            busy.close()
+        if "error" in done:
+            raise done["error"]  # type: ignore[misc]
+        report = done["report"]
+        assert isinstance(report, maintenance.AuditReport)
+        lines = report.lines(show=10)
         if report.ok:
-            QMessageBox.information(self, "Audit trail",
-                                    f"The audit trail verifies: {report.events_checked} events, "
-                                    "hash chain intact.")
+            box = QMessageBox(QMessageBox.Icon.Information, "Audit trail",
+                              "The audit trail verifies and the data matches it.", parent=self)
         else:
-            QMessageBox.critical(self, "Audit trail broken",
-                                 f"Event {report.broken_event_id}: {report.problem}.")
+            what = [] if report.chain_ok else ["its hash chain is broken"]
+            if report.replay is not None and not report.replay.ok:
+                what.append(f"{report.replay.found} values or rows differ from what it records")
+            box = QMessageBox(QMessageBox.Icon.Critical, "Audit trail: tampering detected",
+                              "The audit trail does not verify: " + " and ".join(what) + ".",
+                              parent=self)
+            kept = max(len(report.chain_breaks),
+                       len(report.replay.discrepancies) if report.replay else 0)
+            box.setDetailedText("\n".join(report.lines(show=kept)))  # everything kept
+        box.setInformativeText("\n".join(lines))
+        box.exec()
+        return box
 
     def show_queries(self) -> None:
         from crf_app.gui.query_list import QueryListDialog

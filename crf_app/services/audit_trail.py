@@ -45,7 +45,8 @@ def audit_history(ctx: UserContext, *, subject_id: int | None = None,
     if subject_id is not None:
         q = q.where(AuditEvent.subject_id == subject_id)
     if entity_prefix:
-        q = q.where(AuditEvent.entity_id.startswith(entity_prefix, autoescape=True))
+        # case-insensitive as SQLite's LIKE is (PostgreSQL's LIKE is not)
+        q = q.where(AuditEvent.entity_id.istartswith(entity_prefix, autoescape=True))
     if field:
         q = q.where(AuditEvent.field == field)
     if user:

@@ -14,7 +14,7 @@ from crf_app.domain.protocol import Protocol, parse_protocol
 from crf_app.domain.roles import Action, Role, allowed
 from crf_app.storage.audit import Actor
 from crf_app.storage.engine import Database, resolve_database_url
-from crf_app.storage.migrate import open_database
+from crf_app.storage.migrate import open_database, shown_url
 from crf_app.storage.models import MetadataVersion, Study
 
 
@@ -37,7 +37,8 @@ class StudyHandle:
 
     @property
     def location(self) -> str:
-        return str(self.db.path or self.db.url)
+        """The database file, or a server database's URL without its password (shown)."""
+        return str(self.db.path or shown_url(self.db.url))
 
     def close(self) -> None:
         self.db.dispose()
@@ -70,7 +71,7 @@ def load_study(db: Database) -> StudyHandle:
     with db.reading() as s:
         study = s.execute(select(Study).order_by(Study.id).limit(1)).scalar_one_or_none()
         if study is None:
-            raise NoStudy(f"the database {db.path or db.url} holds no study yet; "
+            raise NoStudy(f"the database {db.path or shown_url(db.url)} holds no study yet; "
                           "create one with `crf-app init` (or `crf-app demo`)")
         mdv = s.execute(select(MetadataVersion).where(MetadataVersion.study_id == study.id)
                         .order_by(MetadataVersion.version.desc()).limit(1)).scalar_one_or_none()

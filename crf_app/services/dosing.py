@@ -146,7 +146,8 @@ def to_record(r: DosingRecord) -> DoseRecord:
 
 def dosing_records(s: Session, subject_id: int) -> list[DosingRecord]:
     return list(s.execute(select(DosingRecord).where(DosingRecord.subject_id == subject_id)
-                          .order_by(DosingRecord.dose_date, DosingRecord.dose_time,
+                          .order_by(DosingRecord.dose_date,
+                                    DosingRecord.dose_time.asc().nulls_first(),  # as SQLite
                                     DosingRecord.id)).scalars())
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from crf_app.domain.errors import FieldError, NotFound, ReasonRequired, StaleData, ValidationFailed
@@ -22,7 +22,7 @@ from crf_app.services.context import StudyHandle, UserContext
 from crf_app.services.queries import sync_auto_queries
 from crf_app.services.signoff import check_not_locked, form_flags, on_data_changed
 from crf_app.storage.audit import AuditWriter
-from crf_app.storage.models import FormInstance, ItemValue, Query, Subject, Visit
+from crf_app.storage.models import FormInstance, ItemValue, Query, Site, Subject, Visit
 
 NOT_STARTED, IN_PROGRESS, COMPLETE = "not_started", "in_progress", "complete"
 STATUS_LABELS = {NOT_STARTED: "Not started", IN_PROGRESS: "In progress", COMPLETE: "Complete",
@@ -220,6 +220,15 @@ def issue_errors(issues) -> list[FieldError]:
                        i.message) for i in issues]
 
 
+# the visit, its subject and site, and the form instance if saved already: one SELECT per save
+_SAVE_TARGET = (select(Visit, Subject, Site, FormInstance)
+                .join(Subject, Visit.subject_id == Subject.id)
+                .join(Site, Subject.site_id == Site.id)
+                .outerjoin(FormInstance, (FormInstance.visit_id == Visit.id)
+                           & (FormInstance.form_id == bindparam("form_id")))
+                .where(Visit.id == bindparam("visit_id")))
+
+
 def save_form(ctx: UserContext, visit_id: int, form_id: str, raw: dict[str, Any], *,
               complete: bool = False, reason: str = "",
               expected_version: int | None = None) -> SaveOutcome:
@@ -230,16 +239,15 @@ def save_form(ctx: UserContext, visit_id: int, form_id: str, raw: dict[str, Any]
     """
     reason = reason.strip()
     with ctx.study.db.transaction() as s:
-        visit = _visit(s, ctx, visit_id)
-        subj = visit.subject
-        ctx.require(Action.EDIT_DATA, subj.site.code)
+        found = s.execute(_SAVE_TARGET, {"visit_id": visit_id, "form_id": form_id}).first()
+        if found is None or found[1].study_id != ctx.study.study_id:
+            raise NotFound(f"visit {visit_id} does not exist in this study")
+        visit, subj, site, fi = found
+        ctx.require(Action.EDIT_DATA, site.code)
         form = _form_for_visit(ctx, visit, form_id)
         result = validate_form(form, raw, complete=complete)
         if not result.ok:
             raise ValidationFailed(issue_errors(result.errors))
-        fi = s.execute(select(FormInstance).where(FormInstance.visit_id == visit_id,
-                                                  FormInstance.form_id == form_id)
-                       ).scalar_one_or_none()
         check_not_locked(s, fi, subj)
         current_version = fi.row_version if fi else 0
         if expected_version is not None and expected_version != current_version:
@@ -248,12 +256,15 @@ def save_form(ctx: UserContext, visit_id: int, form_id: str, raw: dict[str, Any]
                 else "?"
             raise StaleData(f"This form was changed by {by} at {at} since you opened it — "
                             "reload it; your entries were not saved")
+        new_form = fi is None
         if fi is None:
             fi = FormInstance(visit_id=visit.id, form_id=form.id, form_version=form.version,
                               status=NOT_STARTED)
             s.add(fi)
             s.flush()
-        old = {(v.item_id, v.row_index): v for v in fi.values}
+            old: dict[Key, ItemValue] = {}  # a new form has no values yet (no SELECT for them)
+        else:
+            old = {(v.item_id, v.row_index): v for v in fi.values}
         new = flatten(form, result.values)
         changed = sorted(k for k in set(old) | set(new)
                          if (old[k].value if k in old else None) != new.get(k))
@@ -262,31 +273,39 @@ def save_form(ctx: UserContext, visit_id: int, form_id: str, raw: dict[str, Any]
             raise ReasonRequired()
         audit = AuditWriter(s, ctx.user.actor, now=ctx.now())
         label = f"{subj.screening_number}/{visit.visit_code}/{form.id}"
+        in_table: dict[str, bool] = {}
+        events: list[tuple[str, str, object, str, object, object, str]] = []
+        added: list[dict[str, Any]] = []
         for key in changed:
             item_id, row = key
             before = old[key].value if key in old else None
             after = new.get(key)
-            audit.record("update" if before is not None else "create", "item",
-                         f"{label}/{item_id}" + (f"[{row + 1}]" if _in_table(form, item_id)
-                                                 else ""),
-                         field=item_id, old=before, new=after,
-                         reason=reason if before is not None else "", subject_id=subj.id)
+            if item_id not in in_table:
+                in_table[item_id] = _in_table(form, item_id)
+            events.append(("update" if before is not None else "create", "item",
+                           f"{label}/{item_id}" + (f"[{row + 1}]" if in_table[item_id] else ""),
+                           item_id, before, after, reason if before is not None else ""))
             if after is None:
                 s.delete(old[key])
             elif before is None:
-                s.add(ItemValue(form_instance_id=fi.id, item_id=item_id, row_index=row,
-                                value=after))
+                added.append({"form_instance_id": fi.id, "item_id": item_id, "row_index": row,
+                              "value": after})
             else:
                 old[key].value = after
         status = COMPLETE if complete else IN_PROGRESS
-        audit.record_fields("update", "form", label, {"status": (fi.status, status)},
-                            reason=reason, subject_id=subj.id)
-        undone = on_data_changed(s, audit, fi, subj, ctx.now()) \
+        if fi.status != status:  # the form's status event (as record_fields writes it)
+            events.append(("update", "form", label, "status", fi.status, status, reason))
+        # the item and status events, then the new values: one INSERT each, not one per row
+        audit.record_many(events, subject_id=subj.id)
+        if added:
+            s.execute(insert(ItemValue.__table__), added)
+        undone = on_data_changed(s, audit, fi, subj, ctx.now(), new_form=new_form) \
             if changed or status != fi.status else []
         fi.status = status
         fi.updated_at = ctx.now()
         fi.updated_by = ctx.user.username
-        opened, closed = sync_auto_queries(s, audit, subj, visit, fi, form, result, ctx)
+        opened, closed = sync_auto_queries(s, audit, subj, visit, fi, form, result, ctx,
+                                           new_form=new_form)
         subject_status = _apply_eligibility(ctx, subj, form, result, complete, audit)
         s.flush()
         return SaveOutcome(status, fi.row_version, changed, opened, closed, result,

@@ -2,40 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from crf_app.domain.errors import CrfError
-from crf_app.storage.audit import verify_chain
+from crf_app.services.tamper import AuditReport, verify_everything
 from crf_app.storage.engine import Database
 from crf_app.storage.migrate import backup_sqlite
 
 
-@dataclass(frozen=True)
-class AuditReport:
-    events_checked: int
-    broken_event_id: int | None
-    problem: str
-
-    @property
-    def ok(self) -> bool:
-        return self.broken_event_id is None
-
-
-def verify_audit(db: Database) -> AuditReport:
-    """Walk the hash chain of the audit trail; name the first event that does not verify."""
-    with db.reading() as s:
-        checked, brk = verify_chain(s)
-    if brk is None:
-        return AuditReport(checked, None, "")
-    return AuditReport(checked, brk.event_id, brk.problem)
+def verify_audit(db: Database, *, replay: bool = True) -> AuditReport:
+    """Walk the hash chain of the audit trail, naming every event that does not verify, then
+    replay the trail against the stored data (crf_app.services.tamper) and name every value
+    changed, row deleted or row inserted behind the app's back."""
+    return verify_everything(db, replay=replay)
 
 
 def backup(db: Database, target: Path) -> Path:
-    """A consistent copy of the database file (SQLite online backup; safe while in use)."""
+    """A consistent copy of the database file (SQLite online backup; safe while in use).
+
+    A server database (PostgreSQL) is refused: it is backed up on the server, with pg_dump."""
     if db.path is None:
-        raise CrfError("backup copies SQLite files; back up a server database with its own "
-                       "tools (pg_dump)")
+        name = db.engine.url.database or "DATABASE"
+        raise CrfError(f"backup copies SQLite database files; {name} is a "
+                       f"{db.engine.dialect.name} server database, so nothing was written — "
+                       "use pg_dump to back it up (e.g. pg_dump --format=custom "
+                       f"--file={name}.dump {name}; restore with pg_restore)")
     target = Path(target)
     if target.is_dir():
         target = target / f"{db.path.stem}-backup.db"

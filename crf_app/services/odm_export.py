@@ -9,7 +9,9 @@ importer (crf_app.services.odm_import) reads back exactly what the writer wrote.
 
 Transactional files carry the whole audited history of every value of the subjects changed since
 the previous file of the chain (one ItemData per change, each with its AuditRecord); snapshot
-files carry current values with their last AuditRecord.
+files carry current values with their last AuditRecord. The adverse-event and dosing logs travel
+the same way, one repeating item group per row (`log_rows`), and every signature of the subject
+with it (`signature_records`).
 """
 
 from __future__ import annotations
@@ -18,16 +20,20 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, type_coerce
 from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.types import NullType
 
 from crf_app.domain.errors import NotFound
 from crf_app.domain.roles import Action
 from crf_app.exports.odm import (
+    AE_LOG,
+    DOSE_LOG,
     SNAPSHOT,
     SUBJECT_FIELDS,
     TRANSACTIONAL,
@@ -36,17 +42,26 @@ from crf_app.exports.odm import (
     Change,
     ExportPlan,
     FormRecord,
+    LogDef,
+    LogField,
+    LogRow,
     QueryNote,
     RecordField,
+    SignatureRecord,
     SubjectRecord,
     VisitRecord,
+    log_row_key,
     text_of,
     write_odm_file,
 )
+from crf_app.services.adverse_events import CRITERIA_COLUMNS
 from crf_app.services.context import UserContext
+from crf_app.services.dosing import QUERY_TARGET as DOSE_QUERY_TARGET
 from crf_app.services.forms import form_library
+from crf_app.services.signoff import MEANINGS
 from crf_app.storage.audit import AuditWriter
 from crf_app.storage.interchange_models import ExportedFile, InterchangeNode
+from crf_app.storage.log_models import AdverseEvent, DosingRecord
 from crf_app.storage.models import (
     AuditEvent,
     FormInstance,
@@ -58,12 +73,9 @@ from crf_app.storage.models import (
     User,
     Visit,
 )
+from crf_app.storage.signoff_models import Signature
 
-# Extension point for the adverse-event and dosing logs (not part of this export yet): a log
-# source contributes FormDefs to the metadata and FormRecords (repeating item groups, one row
-# per log entry) to each subject. Register objects with `log_forms()` -> list[FormDef] and
-# `subject_forms(session, subject_ids)` -> {subject id: [(visit code, FormRecord)]}.
-LOG_FORM_SOURCES: list[Any] = []
+DATA_ENTITIES = ("item", "subject", "visit", AE_LOG.entity, DOSE_LOG.entity)
 
 
 # --- preparing an export ------------------------------------------------------------------------
@@ -100,6 +112,8 @@ def prepare_export(ctx: UserContext, *, subject: str | None = None, site: str | 
         sites = [(c, n) for c, n in s.execute(select(Site.code, Site.name).where(
             Site.study_id == study.study_id).order_by(Site.code))]
         created = study_row.created_at.date()
+        meanings = list(MEANINGS) + sorted(set(s.execute(
+            select(Signature.meaning).distinct()).scalars()) - set(MEANINGS))
     if file_type == TRANSACTIONAL:
         sequence = (last.sequence + 1) if last else 1
         prior, watermark = (last.file_oid, last.last_audit_id) if last else (None, 0)
@@ -121,7 +135,7 @@ def prepare_export(ctx: UserContext, *, subject: str | None = None, site: str | 
         description=f"{study.title} — {scope} ({file_type.lower()}), exported by "
                     f"{ctx.user.username}",
         users=sorted(users), sites=sites, subject_count=count, subjects=iter(()),
-        sequence=sequence, scope=scope)
+        signature_meanings=meanings, sequence=sequence, scope=scope)
     plan.subjects = _subject_stream(ctx, plan, filters, batch)
     return plan
 
@@ -184,8 +198,23 @@ def _subject_stream(ctx: UserContext, plan: ExportPlan, filters: _Filters, batch
             s.expunge_all()
 
 
-def _changes(rows: list[Any]) -> list[Change]:
-    return [Change(r.occurred_at, r.username, r.new_value, r.reason, r.old_value) for r in rows]
+class _Moments:
+    """The audit trail's timestamps as the column type reads them, each distinct one converted
+    once (the values of one save share theirs: a study's trail has far fewer than its rows)."""
+
+    def __init__(self, connection: Any):
+        dialect = connection.dialect
+        self.process = AuditEvent.__table__.c.occurred_at.type.dialect_impl(
+            dialect).result_processor(dialect, None) or (lambda value: value)
+        self.known: dict[Any, datetime] = {}
+
+    def __call__(self, raw: Any) -> datetime:
+        at = self.known.get(raw)
+        if at is None:
+            if len(self.known) > 50_000:
+                self.known.clear()
+            at = self.known[raw] = self.process(raw)
+        return at
 
 
 def _batch(s: Session, ids: list[int], transactional: bool) -> list[SubjectRecord]:
@@ -200,28 +229,144 @@ def _batch(s: Session, ids: list[int], transactional: bool) -> list[SubjectRecor
                         .order_by(FormInstance.id)).scalars():
         forms[fi.visit_id].append(fi)
     values: dict[int, dict[tuple[str, int], str]] = defaultdict(dict)
-    for fi_id, item, row, value in s.execute(
+    for fi_id, item, row, value in s.connection().execute(
             select(ItemValue.form_instance_id, ItemValue.item_id, ItemValue.row_index,
                    ItemValue.value).join(FormInstance).join(Visit)
             .where(Visit.subject_id.in_(ids))):
         values[fi_id][(item, row)] = value
-    events: dict[int, dict[tuple[str, str, str], list[Any]]] = defaultdict(
+    events: dict[int, dict[tuple[str, str, str], list[Change]]] = defaultdict(
         lambda: defaultdict(list))
-    for ev in s.execute(select(AuditEvent.subject_id, AuditEvent.entity, AuditEvent.entity_id,
-                               AuditEvent.field, AuditEvent.occurred_at, AuditEvent.username,
-                               AuditEvent.old_value, AuditEvent.new_value, AuditEvent.reason)
-                        .where(AuditEvent.subject_id.in_(ids),
-                               AuditEvent.entity.in_(("item", "subject", "visit")))
-                        .order_by(AuditEvent.id)):
-        events[ev.subject_id][(ev.entity, ev.entity_id, ev.field)].append(ev)
+    core = s.connection()  # plain rows: no ORM loading for the biggest reads
+    moment = _Moments(core)
+    for sid, entity, entity_id, fld, at, user, old, new, reason in core.execute(
+            select(AuditEvent.subject_id, AuditEvent.entity, AuditEvent.entity_id,
+                   AuditEvent.field, type_coerce(AuditEvent.occurred_at, NullType()),
+                   AuditEvent.username, AuditEvent.old_value, AuditEvent.new_value,
+                   AuditEvent.reason)
+            .where(AuditEvent.subject_id.in_(ids), AuditEvent.entity.in_(DATA_ENTITIES))
+            .order_by(AuditEvent.id)):
+        events[sid][(entity, entity_id, fld)].append(Change(moment(at), user, new, reason, old))
     queries: dict[int, list[Query]] = defaultdict(list)
     for q in s.execute(select(Query).where(Query.subject_id.in_(ids))
                        .options(selectinload(Query.messages)).order_by(Query.id)).scalars():
         queries[q.subject_id].append(q)
+    aes: dict[int, list[Any]] = defaultdict(list)  # plain rows: attributes by column name
+    ae_table = AdverseEvent.__table__
+    for ae in core.execute(select(ae_table).where(ae_table.c.subject_id.in_(ids))
+                           .order_by(ae_table.c.id)):
+        aes[ae.subject_id].append(ae)
+    doses: dict[int, list[Any]] = defaultdict(list)
+    dose_table = DosingRecord.__table__
+    for dose in core.execute(select(dose_table).where(dose_table.c.subject_id.in_(ids))
+                             .order_by(dose_table.c.id)):
+        doses[dose.subject_id].append(dose)
+    signatures = signature_records(s, ids)
     out = []
     for subj, site in subjects:
-        out.append(_subject_record(subj, site, visits[subj.id], forms, values,
-                                   events.get(subj.id, {}), queries[subj.id], transactional))
+        sn = subj.screening_number
+        rec = _subject_record(subj, site, visits[subj.id], forms, values,
+                              events.get(subj.id, {}), queries[subj.id], transactional)
+        dose_notes: dict[int, list[QueryNote]] = defaultdict(list)
+        for q in queries[subj.id]:
+            if q.target == DOSE_QUERY_TARGET:
+                dose_notes[q.row_index].append(_note(q))
+        subject_events = events.get(subj.id, {})
+        rec.logs = log_rows(AE_LOG, aes[subj.id], sn, subject_events, transactional)
+        rec.logs += log_rows(DOSE_LOG, doses[subj.id], sn, subject_events, transactional,
+                             dose_notes)
+        rec.signatures = signatures.get(subj.id, [])
+        out.append(rec)
+    return out
+
+
+# --- the logs and signatures --------------------------------------------------------------------
+def log_text(value: object) -> str | None:
+    """A log column as the text its audit events record ('' counts as no value)."""
+    if isinstance(value, Decimal):
+        return format(value.normalize(), "f")
+    return text_of(value)
+
+
+def _field_text(f: LogField) -> Callable[[Any], str | None]:
+    """How one log field reads as text (what log_text gives, without testing the type)."""
+    column = f.model_column
+    if f.attr == "criteria":
+        return lambda row: ",".join(code for code, col in CRITERIA_COLUMNS.items()
+                                    if getattr(row, col)) or None
+    if f.codelist == "CL.CRFAPP.NY":
+        return lambda row: None if (v := getattr(row, column)) is None else "Y" if v else "N"
+    if f.data_type in ("date", "time", "datetime"):
+        return lambda row: None if (v := getattr(row, column)) is None else v.isoformat()
+    return lambda row: log_text(getattr(row, column))
+
+
+_FIELD_TEXT = {log.entity: [(f.attr, _field_text(f)) for f in log.fields]
+               for log in (AE_LOG, DOSE_LOG)}
+
+
+def log_values(log: LogDef, row: Any) -> dict[str, str | None]:
+    """Every field of a log row (AdverseEvent, DosingRecord) as text, by audit field name."""
+    return {attr: text(row) for attr, text in _FIELD_TEXT[log.entity]}
+
+
+def log_keys(rows: list[Any]) -> list[str]:
+    """The log_row_key of each row (rows of one subject, in id order)."""
+    seen: dict[tuple[datetime, str], int] = defaultdict(int)
+    keys = []
+    for row in rows:
+        seen[(row.created_at, row.created_by)] += 1
+        keys.append(log_row_key(row.created_at, row.created_by,
+                                seen[(row.created_at, row.created_by)]))
+    return keys
+
+
+def log_label(log: LogDef, screening_number: str, row: Any) -> str:
+    """The audit entity id of a log row (as services.adverse_events and services.dosing write
+    it): the AE number for adverse events, the database id for dosing records."""
+    if log.entity == AE_LOG.entity:
+        return f"{screening_number}/AE{row.sequence}"
+    return f"{screening_number}/dose/{row.id}"
+
+
+def log_rows(log: LogDef, rows: list[Any], screening_number: str, events: dict,
+             transactional: bool, notes: dict[int, list[QueryNote]] | None = None
+             ) -> list[LogRow]:
+    """A subject's rows of one log (in id order) with each audited value's history."""
+    if not rows:
+        return []
+    by_row: dict[str, dict[str, list[Change]]] = defaultdict(dict)
+    for (entity, entity_id, fld), history in events.items():
+        if entity == log.entity:
+            by_row[entity_id][fld] = history
+    spec = [(f.item_id, f.audited, text) for f, (_, text) in
+            zip(log.fields, _FIELD_TEXT[log.entity], strict=True)]
+    attrs = [f.attr for f in log.fields]
+    out = []
+    for row, key in zip(rows, log_keys(rows), strict=True):
+        row_events = by_row.get(log_label(log, screening_number, row), {})
+        cells = []
+        for attr, (item_id, audited, text) in zip(attrs, spec, strict=True):
+            value = text(row)
+            history = row_events.get(attr, []) if audited else []
+            if value is not None or (transactional and history):
+                cells.append(Cell(item_id, value, history, complete_history=True))
+        out.append(LogRow(log.entity, key, cells, row.updated_at, row.updated_by,
+                          (notes or {}).get(row.id, [])))
+    return out
+
+
+def signature_records(s: Session, ids: list[int]) -> dict[int, list[SignatureRecord]]:
+    """The signatures of the subjects `ids`, oldest first, by subject id."""
+    out: dict[int, list[SignatureRecord]] = defaultdict(list)
+    for sig, code, form in s.execute(
+            select(Signature, Visit.visit_code, FormInstance.form_id)
+            .outerjoin(Visit, Signature.visit_id == Visit.id)
+            .outerjoin(FormInstance, Signature.form_instance_id == FormInstance.id)
+            .where(Signature.subject_id.in_(ids)).order_by(Signature.signed_at, Signature.id)):
+        out[sig.subject_id].append(SignatureRecord(
+            sig.scope, code, form, sig.username, sig.printed_name, sig.meaning, sig.signed_at,
+            sig.values_hash, sig.forms_signed, sig.state, sig.invalidated_at,
+            sig.invalidated_reason or ""))
     return out
 
 
@@ -230,7 +375,7 @@ def _record_cells(spec: tuple[RecordField, ...], obj: Any, entity: str, entity_i
     cells = []
     for f in spec:
         value = (current or {}).get(f.attr, getattr(obj, f.attr, None))
-        history = _changes(events.get((entity, entity_id, f.attr), []))
+        history = list(events.get((entity, entity_id, f.attr), []))
         cells.append(Cell(f.item_id, text_of(value), history, complete_history=True))
     return cells
 
@@ -249,6 +394,8 @@ def _subject_record(subj: Subject, site: str, visits: list[Visit], forms: dict, 
     by_fi: dict[int | None, list[Query]] = defaultdict(list)
     by_visit: dict[int | None, list[Query]] = defaultdict(list)
     for q in queries:
+        if q.target == DOSE_QUERY_TARGET:
+            continue  # annotations of their dosing record
         if q.form_instance_id is not None:
             by_fi[q.form_instance_id].append(q)
         else:
@@ -273,7 +420,7 @@ def _subject_record(subj: Subject, site: str, visits: list[Visit], forms: dict, 
                 cell = cells.get((fld, row))
                 if cell is None:  # a value entered, then removed: its history stays
                     cell = cells[(fld, row)] = Cell(fld, None, row=row, complete_history=True)
-                cell.history = _changes(rows)
+                cell.history = list(rows)
             frec.cells = sorted((c for c in cells.values()
                                  if transactional or c.value is not None),
                                 key=lambda c: (c.row, c.item_id))

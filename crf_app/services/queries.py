@@ -23,15 +23,16 @@ SYSTEM_USER = "system (edit check)"
 
 def sync_auto_queries(s: Session, audit: AuditWriter, subj: Subject, visit: Visit,
                       fi: FormInstance, form: FormDef, result: FormResult,
-                      ctx: UserContext) -> tuple[list[str], list[str]]:
+                      ctx: UserContext, *, new_form: bool = False) -> tuple[list[str], list[str]]:
     """Open a query for each new soft-check warning; close automatic queries no longer true.
 
+    `new_form`: `fi` was created in this transaction, so it has no queries yet (no SELECT).
     Returns (messages of queries opened, messages of queries closed).
     """
     now = ctx.now()
     wanted = {(w.item_id, w.row if w.row is not None else 0, w.rule): w
               for w in result.warnings}
-    existing = {(q.item_id, q.row_index, q.rule): q for q in s.execute(
+    existing = {} if new_form else {(q.item_id, q.row_index, q.rule): q for q in s.execute(
         select(Query).where(Query.form_instance_id == fi.id, Query.origin == "auto",
                             Query.state != "closed")).scalars()}
     opened, closed = [], []

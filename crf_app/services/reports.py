@@ -129,7 +129,7 @@ def compliance_rows(study: StudyHandle, site: str | None = None,
         subjects = s.execute(q).all()
         records: dict[int, list] = {}
         dq = select(DosingRecord).join(Subject, DosingRecord.subject_id == Subject.id).where(
-            Subject.study_id == study.study_id)
+            Subject.study_id == study.study_id).order_by(DosingRecord.id)
         for r in s.execute(dq).scalars():
             records.setdefault(r.subject_id, []).append(to_record(r))
     out = []

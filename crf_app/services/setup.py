@@ -14,6 +14,7 @@ from crf_app.services.context import StudyHandle, load_study
 from crf_app.services.passwords import hash_password
 from crf_app.storage.audit import SYSTEM, Actor, AuditWriter
 from crf_app.storage.engine import Database
+from crf_app.storage.migrate import shown_url
 from crf_app.storage.models import MetadataVersion, Site, Study, User
 
 
@@ -38,7 +39,8 @@ def create_study(db: Database, protocol: Protocol, forms: dict, *, admin: NewUse
         raise ValidationFailed(problems)
     with db.transaction() as s:
         if s.execute(select(func.count(Study.id))).scalar_one():
-            raise StudyExists(f"the database {db.path or db.url} already holds a study")
+            raise StudyExists(f"the database {db.path or shown_url(db.url)} already holds a "
+                              "study")
         audit = AuditWriter(s, SYSTEM)
         study = Study(oid=protocol.study_id, title=protocol.title,
                       protocol_number=protocol.protocol_number, is_demo=is_demo)

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from crf_app.domain.errors import (
@@ -32,14 +32,24 @@ class LockedData(CrfError):
 
 
 # --- used by every writing service ------------------------------------------------------------
+_ACTIVE_LOCKS = (select(Lock).where(Lock.unlocked_at.is_(None), or_(
+    (Lock.scope == "subject") & (Lock.target_id == bindparam("subject")),
+    (Lock.scope == "site") & (Lock.target_id == bindparam("site")),
+    (Lock.scope == "form") & (Lock.target_id == bindparam("form"))))
+    .order_by(Lock.id))
+
+
 def check_not_locked(s: Session, fi: FormInstance | None, subj: Subject) -> None:
     """Refuse a change to a locked form, subject or site."""
     targets = [("subject", subj.id), ("site", subj.site_id)]
     if fi is not None and fi.id is not None:
         targets.append(("form", fi.id))
+    # one SELECT for the three targets (a form not saved yet has no id: -1 matches no lock)
+    locks = s.execute(_ACTIVE_LOCKS, {"subject": subj.id, "site": subj.site_id,
+                                      "form": targets[2][1] if len(targets) > 2 else -1}
+                      ).scalars().all()
     for scope, target in targets:
-        lock = s.execute(select(Lock).where(Lock.scope == scope, Lock.target_id == target,
-                                            Lock.unlocked_at.is_(None))).scalars().first()
+        lock = next((lk for lk in locks if lk.scope == scope and lk.target_id == target), None)
         if lock is not None:
             what = {"form": "This form", "subject": "This subject",
                     "site": "This site"}[scope]
@@ -47,22 +57,30 @@ def check_not_locked(s: Session, fi: FormInstance | None, subj: Subject) -> None
                              "cannot be changed until a data manager unlocks it")
 
 
+_COVERING_SIGNATURES = select(Signature).where(
+    Signature.subject_id == bindparam("subject"), Signature.state == "valid",
+    (Signature.form_instance_id == bindparam("form")) | (Signature.visit_id == bindparam("visit"))
+    | (Signature.scope == "casebook"))
+
+
 def on_data_changed(s: Session, audit: AuditWriter, fi: FormInstance, subj: Subject,
-                    now: datetime) -> list[str]:
+                    now: datetime, *, new_form: bool = False) -> list[str]:
     """A saved change removes the form's verification and invalidates the signatures that
-    cover it, visibly and audited. Returns what was undone (for the user)."""
+    cover it, visibly and audited. Returns what was undone (for the user).
+
+    `new_form`: `fi` was created in this transaction, so nothing can verify it yet (no
+    SELECT for that); a visit or casebook signature may still cover it."""
     undone = []
-    for v in s.execute(select(Verification).where(Verification.form_instance_id == fi.id,
-                                                  Verification.cleared_at.is_(None))).scalars():
+    verifications = [] if new_form else s.execute(select(Verification).where(
+        Verification.form_instance_id == fi.id, Verification.cleared_at.is_(None))).scalars()
+    for v in verifications:
         v.cleared_at, v.cleared_reason = now, "data changed after verification"
         audit.record("update", "verification", v.id, field="state", old="verified",
                      new="cleared", reason="data changed after verification",
                      subject_id=subj.id)
         undone.append("source data verification removed")
-    sigs = s.execute(select(Signature).where(
-        Signature.subject_id == subj.id, Signature.state == "valid",
-        (Signature.form_instance_id == fi.id) | (Signature.visit_id == fi.visit_id)
-        | (Signature.scope == "casebook"))).scalars().all()
+    sigs = s.execute(_COVERING_SIGNATURES, {"subject": subj.id, "form": fi.id,
+                                            "visit": fi.visit_id}).scalars().all()
     for sig in sigs:
         sig.state, sig.invalidated_at = "invalidated", now
         sig.invalidated_reason = "signed data changed"
@@ -148,6 +166,8 @@ def signed_values_hash(s: Session, subject_id: int, form_ids: list[int]) -> str:
                      .join(ItemValue, isouter=True)
                      .where(FormInstance.id.in_(form_ids))
                      .order_by(FormInstance.id, ItemValue.item_id, ItemValue.row_index)).all()
+    # item ids in code-point order (SQLite's BINARY), whatever a server's collation sorts by
+    rows.sort(key=lambda r: (r[0], r[3] or "", r[4] or 0))
     blob = json.dumps([subject_id, [list(r) for r in rows]], separators=(",", ":"),
                       ensure_ascii=False)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()

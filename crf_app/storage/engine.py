@@ -13,6 +13,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from crf_app.storage import encryption
+
 BUSY_TIMEOUT_MS = 10_000
 ENV_DATABASE_URL = "CRF_DATABASE_URL"
 
@@ -45,10 +47,19 @@ def make_engine(url: str, *, foreign_keys: bool = True) -> Engine:
 
     SQLite: WAL journal, foreign keys on, a busy timeout, synchronous=FULL so a committed save
     survives power loss, and write transactions that take the write lock up front
-    (BEGIN IMMEDIATE) so two processes never deadlock upgrading a read lock.
+    (BEGIN IMMEDIATE) so two processes never deadlock upgrading a read lock. A file whose
+    passphrase was given (storage.encryption) is opened with SQLCipher and keyed first.
+
+    PostgreSQL (the central server): a connection pool, and the same one-writer-at-a-time rule
+    (see `_configure_postgresql`). `foreign_keys` only matters to SQLite.
     """
-    is_sqlite = make_url(url).get_backend_name() == "sqlite"
-    engine = create_engine(url, future=True)
+    backend = make_url(url).get_backend_name()
+    is_sqlite = backend == "sqlite"
+    if backend == "postgresql":
+        return _configure_postgresql(url)
+    key = encryption.passphrase_for(sqlite_path(url)) if is_sqlite else None
+    engine = create_engine(url, future=True,
+                           **(encryption.sqlcipher_engine_args() if key else {}))
     if is_sqlite:
         path = sqlite_path(url)
         if path is not None:
@@ -57,6 +68,8 @@ def make_engine(url: str, *, foreign_keys: bool = True) -> Engine:
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn, _record):  # pragma: no cover - exercised by every test
             dbapi_conn.isolation_level = None  # the "begin" hook below issues BEGIN itself
+            if key:  # SQLCipher: the key must be the connection's first statement
+                encryption.apply_key(dbapi_conn, key)
             cur = dbapi_conn.cursor()
             cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             cur.execute("PRAGMA journal_mode=WAL")
@@ -68,6 +81,43 @@ def make_engine(url: str, *, foreign_keys: bool = True) -> Engine:
         def _on_begin(conn):
             mode = "DEFERRED" if conn.get_execution_options().get("crf_read_only") else "IMMEDIATE"
             conn.exec_driver_sql(f"BEGIN {mode}")
+
+    return engine
+
+
+# pg_advisory_xact_lock key of crf-app's write lock (the bytes "crf-app\0" as a bigint)
+PG_WRITE_LOCK_KEY = int.from_bytes(b"crf-app\0", "big")
+
+
+def _configure_postgresql(url: str) -> Engine:
+    """A PostgreSQL engine: a pool (checked before use, recycled hourly), lock and connect
+    timeouts, and write transactions serialised like SQLite's.
+
+    Every transaction that is not read-only (Database.transaction(), migrations) first takes a
+    transaction-level advisory lock, held until it commits or rolls back: two writers can never
+    read the same last audit hash and fork the chain, exactly as BEGIN IMMEDIATE guarantees on
+    SQLite. Writers stay READ COMMITTED, so once they hold the lock they see the previous
+    writer's events. Read-only units of work (Database.reading()) take no lock and run in
+    REPEATABLE READ, one consistent snapshot as on SQLite. Waiting longer than the busy timeout
+    for a lock fails (SQLSTATE 55P03, reported as a busy database) instead of hanging.
+    """
+    query = make_url(url).query
+    connect_args: dict[str, object] = {}
+    if "connect_timeout" not in query:
+        connect_args["connect_timeout"] = 10
+    if "application_name" not in query:
+        connect_args["application_name"] = "crf-app"
+    if "options" not in query:
+        connect_args["options"] = f"-c lock_timeout={BUSY_TIMEOUT_MS}"
+    engine = create_engine(url, future=True, pool_size=5, max_overflow=10, pool_timeout=30,
+                           pool_pre_ping=True, pool_recycle=3600, connect_args=connect_args)
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn):
+        if conn.get_execution_options().get("crf_read_only"):
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        else:
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_WRITE_LOCK_KEY})")
 
     return engine
 
@@ -101,6 +151,13 @@ class Database:
         try:
             with self._writer() as session, session.begin():
                 yield session
+        except Exception as exc:  # a full disk, a read-only file, a busy database: say so
+            from crf_app.storage.failures import storage_failure
+
+            failure = storage_failure(exc, location=str(self.path or '') or None, writing=True)
+            if failure is None:
+                raise
+            raise failure from exc
         finally:
             self._local.depth = depth
             if depth == 0:
@@ -118,8 +175,16 @@ class Database:
     @contextmanager
     def reading(self) -> Iterator[Session]:
         """A read-only unit of work (no write lock taken)."""
-        with self._reader() as session:  # closing ends the transaction; objects stay loaded
-            yield session
+        try:
+            with self._reader() as session:  # closing ends the transaction; objects stay loaded
+                yield session
+        except Exception as exc:  # a vanished drive, an I/O error, a damaged file: say so
+            from crf_app.storage.failures import storage_failure
+
+            failure = storage_failure(exc, location=str(self.path or '') or None, writing=False)
+            if failure is None:
+                raise
+            raise failure from exc
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -23,6 +23,9 @@ _PG_TRIGGERS = [
     "BEGIN RAISE EXCEPTION 'audit_event is append-only: % refused', TG_OP; END $$",
     "CREATE TRIGGER audit_event_no_change BEFORE UPDATE OR DELETE ON audit_event "
     "FOR EACH ROW EXECUTE FUNCTION audit_event_append_only()",
+    # TRUNCATE fires no row triggers on PostgreSQL (SQLite's DELETE without WHERE still does)
+    "CREATE TRIGGER audit_event_no_truncate BEFORE TRUNCATE ON audit_event "
+    "FOR EACH STATEMENT EXECUTE FUNCTION audit_event_append_only()",
 ]
 
 
@@ -38,6 +41,7 @@ def _drop_audit_append_only() -> None:
         op.execute('DROP TRIGGER IF EXISTS audit_event_no_update')
         op.execute('DROP TRIGGER IF EXISTS audit_event_no_delete')
     elif dialect == 'postgresql':
+        op.execute('DROP TRIGGER IF EXISTS audit_event_no_truncate ON audit_event')
         op.execute('DROP TRIGGER IF EXISTS audit_event_no_change ON audit_event')
         op.execute('DROP FUNCTION IF EXISTS audit_event_append_only()')
 

@@ -55,3 +55,12 @@ def laptop_a(laptops):
     a = laptops("a")
     populate(a.inv, 6, date.today())
     return a
+
+
+@pytest.fixture
+def laptop_full(laptop_a):
+    """Laptop A with log corrections, a reported SAE, a dosing query and signatures."""
+    from tests.interchange.odm_helpers import enrich
+
+    enrich(laptop_a)
+    return laptop_a

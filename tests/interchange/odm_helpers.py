@@ -73,18 +73,46 @@ def dump(path: Path) -> dict[str, list[tuple]]:
                 "i.value from item_value i join form_instance f on f.id = i.form_instance_id "
                 "join visit v on v.id = f.visit_id join subject s on s.id = v.subject_id"
             ).fetchall()),
+            "adverse_events": _rows(con, "adverse_event"),
+            "doses": _rows(con, "dosing_record"),
+            "signatures": sorted(con.execute(
+                "select s.screening_number, g.scope, v.visit_code, f.form_id, g.username, "
+                "g.printed_name, g.meaning, g.signed_at, g.values_hash, g.forms_signed, "
+                "g.state, g.invalidated_at, g.invalidated_reason from signature g "
+                "join subject s on s.id = g.subject_id left join visit v on v.id = g.visit_id "
+                "left join form_instance f on f.id = g.form_instance_id").fetchall(),
+                key=repr),
         }
     finally:
         con.close()
 
 
+def _rows(con: sqlite3.Connection, table: str) -> list[tuple]:
+    """Every column of a log table but the database's own ids (subject by screening number)."""
+    columns = [r[1] for r in con.execute(f"pragma table_info({table})")
+               if r[1] not in ("id", "subject_id", "row_version")]
+    assert len(columns) > 12, columns
+    return sorted(con.execute(
+        f"select s.screening_number, {', '.join('t.' + c for c in columns)} from {table} t "
+        "join subject s on s.id = t.subject_id").fetchall(), key=repr)
+
+
 def data_events(path: Path) -> set[tuple]:
-    """The audited changes of values: (entity, entity id, field, when, who, new value)."""
+    """The audited changes of values: (entity, entity id, field, when, who, new value).
+
+    A dosing record's entity id names it by its database id; here it is named by when and by
+    whom it was created (the same in every database) so two databases compare."""
     con = sqlite3.connect(path)
     try:
-        return set(con.execute(
-            "select entity, entity_id, field, occurred_at, username, new_value "
-            "from audit_event where entity in ('item', 'subject', 'visit')").fetchall())
+        names = {}
+        for sn, dose_id, created_at, created_by in con.execute(
+                "select s.screening_number, d.id, d.created_at, d.created_by "
+                "from dosing_record d join subject s on s.id = d.subject_id order by d.id"):
+            rank = sum(1 for n in names.values() if n[:3] == (sn, created_at, created_by))
+            names[f"{sn}/dose/{dose_id}"] = (sn, created_at, created_by, rank)
+        return {(e, str(names.get(eid, eid)), *rest) for e, eid, *rest in con.execute(
+            "select entity, entity_id, field, occurred_at, username, new_value from audit_event "
+            "where entity in ('item', 'subject', 'visit', 'adverse_event', 'dose')")}
     finally:
         con.close()
 
@@ -104,3 +132,62 @@ def edit(src: Path, dst: Path, old: str, new: str, count: int = 1) -> Path:
     assert old in text, old
     dst.write_text(text.replace(old, new, count), encoding="utf-8")
     return dst
+
+
+def subject_id(ctx: UserContext, sn: str) -> int:
+    from crf_app.services.subjects import list_subjects
+
+    return next(r.id for r in list_subjects(ctx) if r.screening_number == sn)
+
+
+def visit_id(ctx: UserContext, sn: str, code: str) -> int:
+    from crf_app.services.subjects import subject_detail
+
+    return next(v.id for v in subject_detail(ctx, subject_id(ctx, sn)).visits if v.code == code)
+
+
+def enrich(lap: Laptop) -> None:
+    """Log corrections, a reported SAE, a dosing query and signatures (one invalidated by a
+    later change) on top of the demo population: every kind of log and signature record."""
+    from datetime import timedelta
+
+    from crf_app.domain.adverse_events import AeInput
+    from crf_app.domain.dosing import DoseInput
+    from crf_app.services.adverse_events import (
+        ae_input,
+        list_adverse_events,
+        mark_sae_reported,
+        record_adverse_event,
+        update_adverse_event,
+    )
+    from crf_app.services.dosing import dose_input, list_doses, record_dose, update_dose
+    from crf_app.services.forms import open_form, save_form
+    from crf_app.services.signoff import sign
+
+    inv = lap.inv
+    sid = subject_id(inv, "S02-005")
+    [ae] = list_adverse_events(inv, sid)
+    update_adverse_event(inv, ae.id, replace(ae_input(ae), severity="MODERATE", grade="2"),
+                         reason="re-graded after review")
+    today = inv.today()
+    sae = record_adverse_event(inv, sid, AeInput(
+        term="OTHER", verbatim="Épistaxis — «nez»\u00a0<droit> & gauche", location="BOTH_NOSTRILS",
+        start_date=(today - timedelta(days=2)).isoformat(), start_time="07:45", ongoing=True,
+        severity="SEVERE", grade="3", serious="Y",
+        criteria=("HOSPITALISATION", "MEDICALLY_IMPORTANT"), relationship="POSSIBLE",
+        action="INTERRUPTED", outcome="NOT_RECOVERED", treatment="Nasal packing"))
+    mark_sae_reported(inv, sae, inv.now() - timedelta(hours=1))
+    dose = list_doses(inv, sid)[0]
+    update_dose(inv, dose.id, replace(dose_input(dose), lot="LOT-9999Z"), reason="lot misread")
+    record_dose(inv, sid, DoseInput(date=(today - timedelta(days=1)).isoformat(), time="20:30",
+                                    dose_mg="0.45", instillations="1", nostril="LEFT",
+                                    lot="LOT-2601A", given_by="STAFF"))
+    scr = visit_id(inv, "S02-005", "SCR")
+    sign(inv, sid, scope="form", password=PASSWORD, meaning="Reviewed and approved",
+         visit_id=scr, form_id="vital_signs")
+    sign(inv, sid, scope="casebook", password=PASSWORD,
+         meaning="Responsible investigator sign-off")
+    raw = dict(open_form(inv, scr, "vital_signs").raw, PULSE="77")
+    save_form(inv, scr, "vital_signs", raw, complete=True, reason="re-measured")  # invalidates
+    sign(inv, sid, scope="visit", password=PASSWORD, meaning="Reviewed and approved",
+         visit_id=scr)

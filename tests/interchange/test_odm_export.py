@@ -205,3 +205,68 @@ def test_export_memory_does_not_grow_with_the_number_of_subjects(laptops, tmp_pa
         tracemalloc.stop()
         plan.close()
     assert peaks[480] < peaks[60] * 1.5, peaks
+
+
+# --- adverse events, dosing, signatures ---------------------------------------------------------
+def test_logs_travel_as_repeating_item_groups_with_their_audit_records(laptop_full, tmp_path,
+                                                                       odm_schema):
+    export_odm(laptop_full.dm, tmp_path / "a.xml")
+    doc = _parse(tmp_path / "a.xml")
+    odm_schema.assertValid(doc)
+    for group in (oe.AE_GROUP_OID, oe.DOSE_GROUP_OID, oe.SIGNATURE_GROUP_OID):
+        assert doc.find(f".//o:ItemGroupDef[@OID='{group}']", NS).get("Repeating") == "Yes"
+    assert _item_def(doc, "I.CRFAPP.AETOXGR").get("DataType") == "integer"
+    subj = doc.find(".//o:SubjectData[@SubjectKey='S02-005']", NS)
+    record_event = subj.find(f"o:StudyEventData[@StudyEventOID='{oe.SUBJECT_EVENT_OID}']", NS)
+    aes = record_event.findall(f"o:FormData[@FormOID='{oe.AE_FORM_OID}']/o:ItemGroupData", NS)
+    assert len(aes) == 2 and len({g.get("ItemGroupRepeatKey") for g in aes}) == 2
+    first = aes[0]
+    severity = [i for i in first.findall("o:ItemData", NS)
+                if i.get("ItemOID") == "I.CRFAPP.AESEV"]
+    assert [(i.get("Value"), i.get("TransactionType")) for i in severity] == \
+        [("MILD", "Insert"), ("MODERATE", "Update")]
+    record = severity[-1].find("o:AuditRecord", NS)
+    assert record.find("o:ReasonForChange", NS).text == "re-graded after review"
+    assert record.find("o:UserRef", NS).get("UserOID") == "USR.inv"
+    assert first.find("o:AuditRecord/o:DateTimeStamp", NS) is not None  # the row's last change
+    sae = {i.get("ItemOID"): i.get("Value") for i in aes[1].findall("o:ItemData", NS)}
+    assert sae["I.CRFAPP.AESCRIT"] == "HOSPITALISATION,MEDICALLY_IMPORTANT"
+    assert sae["I.CRFAPP.AETERM"] == "Épistaxis — «nez»\u00a0<droit> & gauche"
+    assert sae["I.CRFAPP.AESAERDT"] and sae["I.CRFAPP.AESER"] == "Y"
+    doses = record_event.findall(f"o:FormData[@FormOID='{oe.DOSE_FORM_OID}']/o:ItemGroupData",
+                                 NS)
+    lots = [[i.get("Value") for i in g.findall("o:ItemData", NS)
+             if i.get("ItemOID") == "I.CRFAPP.EXLOT"] for g in doses]
+    assert any(len(values) == 2 and values[-1] == "LOT-9999Z" for values in lots)
+    # the dose above the regimen raised a query: an annotation of that dosing record
+    comments = [c.text for g in doses for c in g.iter(f"{{{NS['o']}}}Comment")]
+    assert any(c.startswith("Query (auto, open)") for c in comments)
+
+
+def test_signatures_are_odm_signatures_referencing_signature_defs(laptop_full, tmp_path,
+                                                                  odm_schema):
+    export_odm(laptop_full.dm, tmp_path / "a.xml", subject="S02-005")
+    doc = _parse(tmp_path / "a.xml")
+    odm_schema.assertValid(doc)
+    defs = {d.get("OID"): d.find("o:Meaning", NS).text
+            for d in doc.findall(".//o:AdminData/o:SignatureDef", NS)}
+    assert defs and all(d.get("Methodology") == "Electronic"
+                        for d in doc.findall(".//o:SignatureDef", NS))
+    manifest = doc.findall(f".//o:ItemGroupData[@ItemGroupOID='{oe.SIGNATURE_GROUP_OID}']", NS)
+    signed = []
+    for group in manifest:
+        sig = group.find("o:Signature", NS)
+        values = {i.get("ItemOID"): i.get("Value") for i in group.findall("o:ItemData", NS)}
+        assert defs[sig.find("o:SignatureRef", NS).get("SignatureOID")] == \
+            values["I.CRFAPP.SGMEAN"]
+        assert sig.find("o:UserRef", NS).get("UserOID") == "USR.inv"
+        signed.append((values["I.CRFAPP.SGSCOPE"], values["I.CRFAPP.SGSTATE"]))
+    assert sorted(signed) == [("casebook", "invalidated"), ("form", "invalidated"),
+                              ("visit", "valid")]
+    # the valid visit signature also sits on the visit it signs; the invalidated ones nowhere
+    subj = doc.find(".//o:SubjectData", NS)
+    assert subj.find("o:Signature", NS) is None
+    scr = subj.find("o:StudyEventData[@StudyEventOID='SE.SCR']", NS)
+    assert defs[scr.find("o:Signature/o:SignatureRef", NS).get("SignatureOID")] == \
+        "Reviewed and approved"
+    assert scr.find("o:FormData[@FormOID='F.vital_signs']/o:Signature", NS) is None

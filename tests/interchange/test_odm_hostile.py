@@ -41,12 +41,19 @@ def target(laptop_a, laptops, tmp_path):
     import_odm(b.dm, tmp_path / "x1.xml")
     from datetime import date, timedelta
 
+    from crf_app.domain.adverse_events import AeInput
     from crf_app.domain.subjects import Enrollment
+    from crf_app.services.adverse_events import record_adverse_event
     from crf_app.services.subjects import enroll_subject
+    from tests.interchange.odm_helpers import subject_id
 
     today = date.today()
     enroll_subject(laptop_a.inv, Enrollment("S02-077", "S02", "ABC", 1966, "M", "PBO",
                                             today - timedelta(days=1), today))
+    record_adverse_event(laptop_a.inv, subject_id(laptop_a.inv, "S02-005"), AeInput(
+        term="HEADACHE", location="NOT_APPLICABLE", start_date=today.isoformat(), ongoing=True,
+        severity="MILD", grade="1", serious="N", relationship="UNLIKELY", action="NONE",
+        outcome="RECOVERING"))
     export_odm(laptop_a.dm, tmp_path / "x2.xml")
     return b, (tmp_path / "x2.xml").read_text(encoding="utf-8")
 
@@ -80,6 +87,18 @@ def _mutate(text: str, case: str) -> bytes:
     if case == "value of the wrong type":
         return re.sub(r'(ItemOID="I\.CRFAPP\.BRTHYR" Value=")\d+', r"\g<1>nineteen sixty",
                       text, count=1).encode()
+    if case == "unknown adverse-event term":
+        return _in_data(text, 'Value="HEADACHE"', 'Value="ZOMBIE_BITE"')
+    if case == "dose that is not a number":
+        return re.sub(r'(ItemOID="I\.CRFAPP\.EXDOSE" Value=")[^"]+', r"\g<1>lots", text,
+                      count=1).encode()
+    if case == "log record without a key":
+        return re.sub(r'(ItemGroupOID="IG\.CRFAPP\.AE") ItemGroupRepeatKey="[^"]+"', r"\1",
+                      text, count=1).encode()
+    if case == "adverse events inside a visit":
+        head, sep, data = text.partition("<ClinicalData")
+        data = data.replace('FormOID="F.CRFAPP.VISIT"', 'FormOID="F.CRFAPP.AE"', 1)
+        return (head + sep + data).encode()
     if case == "billion laughs":
         return BOMB.encode()
     if case == "external entity":
@@ -97,6 +116,10 @@ CASES = {
     "unknown ItemOID": "I.CRFAPP.NICKNAME",
     "unknown form": "F.secret_form",
     "value of the wrong type": "nineteen sixty",
+    "unknown adverse-event term": "ZOMBIE_BITE",
+    "dose that is not a number": "lots",
+    "log record without a key": "without an ItemGroupRepeatKey",
+    "adverse events inside a visit": "inside a visit",
     "billion laughs": "DOCTYPE",
     "external entity": "DOCTYPE",
 }

@@ -215,3 +215,134 @@ def test_only_a_data_manager_resolves_conflicts(conflicted):
     with pytest.raises(PermissionDenied):
         resolve_conflict(b.inv, c.id, "incoming")
     assert list_conflicts(b.dm)[0].state == "open"
+
+
+# --- the adverse-event and dosing logs ----------------------------------------------------------
+def _aes(lap, sn):
+    from crf_app.services.adverse_events import list_adverse_events
+    from tests.interchange.odm_helpers import subject_id
+
+    return list_adverse_events(lap.inv, subject_id(lap.inv, sn))
+
+
+def _without_sequence(rows):
+    return sorted((r[:1] + r[2:] for r in rows), key=repr)
+
+
+def test_an_adverse_event_changed_on_both_laptops_is_a_conflict_and_nothing_is_lost(pair,
+                                                                                   tmp_path):
+    from dataclasses import replace
+
+    from crf_app.domain.adverse_events import AeInput
+    from crf_app.domain.dosing import DoseInput
+    from crf_app.services.adverse_events import (
+        ae_input,
+        record_adverse_event,
+        update_adverse_event,
+    )
+    from crf_app.services.dosing import list_doses, record_dose
+    from tests.interchange.odm_helpers import subject_id
+
+    a, b = pair
+    sn = "S02-005"
+    [on_a] = _aes(a, sn)
+    update_adverse_event(a.inv, on_a.id, replace(ae_input(on_a), severity="MODERATE",
+                                                 grade="2", action="DOSE_REDUCED"),
+                         reason="re-graded on A")
+    [on_b] = _aes(b, sn)
+    update_adverse_event(b.inv, on_b.id, replace(ae_input(on_b), severity="SEVERE", grade="3",
+                                                 treatment="Saline spray"),
+                         reason="re-graded on B")
+    day = (date.today() - timedelta(days=1)).isoformat()
+    headache = AeInput(term="HEADACHE", location="NOT_APPLICABLE", start_date=day,
+                       ongoing=True, severity="MILD", grade="1", serious="N",
+                       relationship="UNLIKELY", action="NONE", outcome="RECOVERING")
+    record_adverse_event(a.inv, subject_id(a.inv, sn), headache)  # AE2 on A
+    record_adverse_event(b.inv, subject_id(b.inv, sn),  # AE2 on B: another event
+                         replace(headache, term="DIZZINESS"))
+    record_dose(a.inv, subject_id(a.inv, sn), DoseInput(date=day, missed=True,
+                                                        missed_reason="Vomited"))
+    record_dose(b.inv, subject_id(b.inv, sn), DoseInput(date=day, missed=True,
+                                                        missed_reason="Forgot"))
+    doses_before = len(list_doses(b.inv, subject_id(b.inv, sn)))
+    export_odm(a.dm, tmp_path / "x2.xml")
+    report = import_odm(b.dm, tmp_path / "x2.xml")
+    # the two fields both laptops changed are conflicts; the local values stay
+    assert sorted(report.conflicts) == [
+        f"{sn}/AE1 grade: here '3', in the file '2'",
+        f"{sn}/AE1 severity: here 'SEVERE', in the file 'MODERATE'"]
+    conflicts = list_conflicts(b.dm)
+    assert {(c.subject, c.visit, c.form, c.field, c.local_value, c.incoming_value,
+             c.incoming_user) for c in conflicts} == {
+        (sn, "", "Adverse events (AE1)", "severity", "SEVERE", "MODERATE", "inv"),
+        (sn, "", "Adverse events (AE1)", "grade", "3", "2", "inv")}
+    ae1, ae2, ae3 = _aes(b, sn)
+    assert (ae1.severity, ae1.grade) == ("SEVERE", 3)  # kept until a data manager decides
+    assert ae1.action == "DOSE_REDUCED"  # changed only on A: applied
+    assert ae1.treatment == "Saline spray"  # changed only on B: kept
+    # both new events are there: A's AE2 became AE3 here, and the report says so
+    assert (ae2.term, ae3.term) == ("DIZZINESS", "HEADACHE")
+    assert any("AE3 here" in n for n in report.notes)
+    assert len(list_doses(b.inv, subject_id(b.inv, sn))) == doses_before + 1
+    assert report.log_rows_added == 2 and report.log_values_changed >= 1
+    assert verify_audit(b.study.db).ok
+    # the data manager takes A's grading; B's file then brings A up to date, in agreement
+    for c in conflicts:
+        resolve_conflict(b.dm, c.id, "incoming", "A's grading follows the source")
+    ae1 = _aes(b, sn)[0]
+    assert (ae1.severity, ae1.grade) == ("MODERATE", 2) and list_conflicts(b.dm) == []
+    export_odm(b.dm, tmp_path / "y1.xml")
+    back = import_odm(a.dm, tmp_path / "y1.xml")
+    assert back.conflicts == [] and back.log_rows_added == 2  # B's AE2 and B's missed dose
+    a_rows, b_rows = dump(a.path), dump(b.path)
+    assert _without_sequence(a_rows["adverse_events"]) == \
+        _without_sequence(b_rows["adverse_events"])
+    assert a_rows["doses"] == b_rows["doses"]
+    assert verify_audit(a.study.db).ok
+
+
+def test_a_dosing_record_corrected_on_both_laptops_is_a_conflict(pair, tmp_path):
+    from dataclasses import replace
+
+    from crf_app.services.dosing import dose_input, list_doses, update_dose
+    from tests.interchange.odm_helpers import subject_id
+
+    a, b = pair
+    sn = "S01-004"
+    first_a = list_doses(a.inv, subject_id(a.inv, sn))[0]
+    first_b = list_doses(b.inv, subject_id(b.inv, sn))[0]
+    update_dose(a.inv, first_a.id, replace(dose_input(first_a), lot="LOT-A"), reason="A")
+    update_dose(b.inv, first_b.id, replace(dose_input(first_b), lot="LOT-B"), reason="B")
+    export_odm(a.dm, tmp_path / "x2.xml")
+    report = import_odm(b.dm, tmp_path / "x2.xml")
+    [c] = list_conflicts(b.dm)
+    assert (c.field, c.local_value, c.incoming_value) == ("lot", "LOT-B", "LOT-A")
+    assert c.form.startswith("Dosing (dose/") and len(report.conflicts) == 1
+    resolve_conflict(b.dm, c.id, "local")
+    assert list_doses(b.inv, subject_id(b.inv, sn))[0].lot == "LOT-B"
+
+
+def test_signatures_travel_and_a_merged_change_invalidates_the_signature_covering_it(pair,
+                                                                                    tmp_path):
+    from crf_app.services.signoff import sign, signature_manifest
+    from tests.interchange.odm_helpers import PASSWORD, subject_id
+
+    a, b = pair
+    sign(a.inv, subject_id(a.inv, "S02-005"), scope="casebook", password=PASSWORD,
+         meaning="Responsible investigator sign-off")
+    sign(b.inv, subject_id(b.inv, "S03-003"), scope="form", password=PASSWORD,
+         meaning="Reviewed and approved", visit_id=_visit_id(b.inv, "S03-003", "SCR"),
+         form_id="vital_signs")
+    _set(a.inv, "S03-003", "SCR", "vital_signs", "re-measured on A", PULSE="95")
+    export_odm(a.dm, tmp_path / "x2.xml")
+    report = import_odm(b.dm, tmp_path / "x2.xml")
+    assert (report.signatures_added, report.signatures_invalidated) == (1, 1)
+    [casebook] = signature_manifest(b.dm, subject_id(b.dm, "S02-005"))
+    assert (casebook.scope, casebook.username, casebook.state) == ("casebook", "inv", "valid")
+    [signed_here] = signature_manifest(b.dm, subject_id(b.dm, "S03-003"))
+    assert signed_here.state == "invalidated"  # A's merged change touched what B signed
+    export_odm(b.dm, tmp_path / "y1.xml")
+    back = import_odm(a.dm, tmp_path / "y1.xml")
+    assert back.signatures_added == 1 and back.conflicts == []
+    assert dump(a.path)["signatures"] == dump(b.path)["signatures"]
+    assert verify_audit(a.study.db).ok and verify_audit(b.study.db).ok

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from lxml import etree
+
 from crf_app.domain.roles import Role
 from crf_app.services.maintenance import verify_audit
 from crf_app.services.odm_export import export_odm
@@ -14,29 +16,58 @@ from tests.interchange.odm_helpers import PASSWORD, data_events, dump
 
 
 def test_transactional_export_imported_into_an_empty_study_gives_the_same_data(
-        laptop_a, laptops, tmp_path):
-    export_odm(laptop_a.dm, tmp_path / "a.xml")
+        laptop_full, laptops, tmp_path, odm_schema):
+    export_odm(laptop_full.dm, tmp_path / "a.xml")
+    odm_schema.assertValid(etree.parse(str(tmp_path / "a.xml")))
     b = laptops("b")
     report = import_odm(b.dm, tmp_path / "a.xml")
     assert report.subjects_added == 6 and not report.conflicts
-    source, copy = dump(laptop_a.path), dump(b.path)
-    for table in source:
+    source, copy = dump(laptop_full.path), dump(b.path)
+    assert set(source) >= {"subjects", "visits", "forms", "values", "adverse_events", "doses",
+                           "signatures"}
+    for table in source:  # every value of every row, the logs' and signatures' too
         assert copy[table] == source[table], table
     assert len(source["values"]) > 150
-    # every audited change came along, with its original user and time
-    assert data_events(laptop_a.path) <= data_events(b.path)
+    assert len(source["adverse_events"]) == 3 and len(source["doses"]) > 40
+    assert {s[10] for s in source["signatures"]} == {"valid", "invalidated"}
+    assert report.log_rows_added == 3 + len(source["doses"])
+    assert report.signatures_added == 3
+    # every audited change came along, with its original user and time: form values, subject
+    # and visit records, and each field of each adverse event and dosing record
+    events = data_events(laptop_full.path)
+    assert {e[0] for e in events} == {"item", "subject", "visit", "adverse_event", "dose"}
+    assert events <= data_events(b.path)
     assert verify_audit(b.study.db).ok
     con = sqlite3.connect(b.path)
     reasons = {r[0] for r in con.execute(
-        "select reason from audit_event where entity = 'item'")}
+        "select reason from audit_event where entity in ('item', 'adverse_event', 'dose')")}
+    corrected = con.execute(
+        "select old_value, new_value, username, reason from audit_event where "
+        "entity = 'adverse_event' and field = 'severity' and action = 'update'").fetchall()
     con.close()
     assert reasons and all(r.startswith(f"imported from {report.file_oid}") for r in reasons)
+    assert corrected == [("MILD", "MODERATE", "inv",
+                          f"imported from {report.file_oid}: re-graded after review")]
+
+
+def test_round_trip_back_and_forth_changes_nothing(laptop_full, laptops, tmp_path):
+    """A → B, then B's file back into A: nothing new, nothing in conflict, nothing lost."""
+    export_odm(laptop_full.dm, tmp_path / "a.xml")
+    b = laptops("b")
+    import_odm(b.dm, tmp_path / "a.xml")
+    before = dump(laptop_full.path)
+    export_odm(b.dm, tmp_path / "b.xml")
+    back = import_odm(laptop_full.dm, tmp_path / "b.xml")
+    assert back.conflicts == [] and back.log_rows_added == 0 and back.signatures_added == 0
+    assert back.log_values_changed == 0 and back.subjects_updated == 0
+    assert dump(laptop_full.path) == before
 
 
 def test_snapshot_imported_as_a_new_study_gives_the_same_values_and_forms(
-        laptop_a, tmp_path, form_definitions):
+        laptop_full, tmp_path, form_definitions):
     from crf_app.services.context import open_new_database
 
+    laptop_a = laptop_full
     export_odm(laptop_a.dm, tmp_path / "snap.xml", snapshot=True)
     db = open_new_database(f"sqlite:///{tmp_path / 'central.db'}")
     study, report = import_new_study(db, tmp_path / "snap.xml",
@@ -44,9 +75,9 @@ def test_snapshot_imported_as_a_new_study_gives_the_same_values_and_forms(
     try:
         assert report.subjects_added == 6
         source, copy = dump(laptop_a.path), dump(study.db.path)
-        assert copy["values"] == source["values"]
-        assert copy["subjects"] == source["subjects"]
-        assert copy["forms"] == source["forms"]
+        for table in ("values", "subjects", "forms", "adverse_events", "doses", "signatures"):
+            assert copy[table] == source[table], table
+        assert source["adverse_events"] and source["doses"] and source["signatures"]
         assert [v[:3] + v[6:] for v in copy["visits"]] == \
             [v[:3] + v[6:] for v in source["visits"]]
         assert study.oid == laptop_a.study.oid

@@ -130,15 +130,18 @@ class ItemDef(_Strict):
     def is_computed(self) -> bool:
         return self.compute is not None
 
+    # The engine reads these on every value it checks: they read the private attributes
+    # straight from pydantic's dict (`self._codes` goes through BaseModel.__getattr__, ~1 µs).
     @property
     def codes(self) -> tuple[Code, ...]:
         """The permitted codes (choice, multi_choice, yes_no); empty for other types."""
-        if self._codes is None:
+        codes = self.__pydantic_private__["_codes"]  # type: ignore[index]
+        if codes is None:
             if isinstance(self.codelist, str):
                 raise ProtocolError(f"item {self.id}: codelist {self.codelist!r} is not resolved;"
                                     " use the item through its FormDef")
             return ()
-        return self._codes
+        return codes  # type: ignore[no-any-return]
 
     def code_label(self, code: str) -> str | None:
         for c in self.codes:
@@ -148,11 +151,11 @@ class ItemDef(_Strict):
 
     @property
     def show_if_expr(self) -> Expression | None:
-        return self._show_if
+        return self.__pydantic_private__["_show_if"]  # type: ignore[index,no-any-return]
 
     @property
     def compute_expr(self) -> Expression | None:
-        return self._compute
+        return self.__pydantic_private__["_compute"]  # type: ignore[index,no-any-return]
 
     @property
     def text_limit(self) -> int:
@@ -161,7 +164,7 @@ class ItemDef(_Strict):
     @property
     def bounds(self) -> tuple[Decimal | None, Decimal | None, Decimal | None, Decimal | None]:
         """(hard min, hard max, soft min, soft max) as exact Decimals."""
-        return self._bounds  # type: ignore[return-value]
+        return self.__pydantic_private__["_bounds"]  # type: ignore[index,no-any-return]
 
 
 def _item_problems(item: ItemDef) -> list[str]:
@@ -262,7 +265,7 @@ class CheckDef(_Strict):
 
     @property
     def expr(self) -> Expression:
-        return self._expr  # type: ignore[return-value]
+        return self.__pydantic_private__["_expr"]  # type: ignore[index,no-any-return]
 
 
 class FormDef(_Strict):
@@ -294,7 +297,7 @@ class FormDef(_Strict):
     @property
     def plan(self) -> Any:
         """The evaluation plan (crf_app.domain.forms.analysis.Plan)."""
-        return self._plan
+        return self.__pydantic_private__["_plan"]  # type: ignore[index]
 
     @property
     def items(self) -> list[ItemDef]:
@@ -303,7 +306,7 @@ class FormDef(_Strict):
 
     def item(self, item_id: str) -> ItemDef:
         try:
-            return self._plan.items[item_id]
+            return self.plan.items[item_id]  # type: ignore[no-any-return]
         except KeyError:
             raise KeyError(f"form {self.id!r} has no item {item_id!r}") from None
 
@@ -315,11 +318,11 @@ class FormDef(_Strict):
 
     def section_of(self, item_id: str) -> SectionDef:
         self.item(item_id)
-        return self._plan.section_of[item_id]
+        return self.plan.section_of[item_id]  # type: ignore[no-any-return]
 
     def dependents(self, item_id: str) -> frozenset[str]:
         """Items whose show_if or compute depends (directly or not) on `item_id`."""
-        return self._plan.dependents.get(item_id, frozenset())
+        return self.plan.dependents.get(item_id, frozenset())  # type: ignore[no-any-return]
 
     # --- serialisation and versioning ------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 
 from reportlab.lib.units import mm
 from reportlab.pdfbase.pdfmetrics import stringWidth
@@ -147,6 +147,7 @@ def render(pagesize: tuple[float, float], story: Sequence[Flowable], *, title: s
 
 
 # --- drawing the running header and footer ---------------------------------------------------
+@lru_cache(maxsize=1024)  # every page's header and footer fit the same texts again
 def fit_text(text: str, font: str, size: float, width: float) -> str:
     """`text` cut with an ellipsis so that it fits `width` points; a final parenthesis such as
     a form's version "(v1)" is kept."""

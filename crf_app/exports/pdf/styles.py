@@ -7,6 +7,7 @@ User text never goes into a Paragraph unescaped: `para(text, style)` escapes it 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from functools import cache
 from xml.sax.saxutils import escape
@@ -57,14 +58,83 @@ def esc(text: object) -> str:
     return escape(str(text)).replace("\r\n", "\n").replace("\n", "<br/>")
 
 
+class _Shared:
+    """What every paragraph of one (text, style) shares: the parser's fragments, and the
+    layout made at each width (the attributes ReportLab's wrap sets, and its result)."""
+
+    __slots__ = ("bullet", "frags", "layouts", "style", "text")
+
+    def __init__(self, text: str, style: ParagraphStyle, frags: list, bullet: object):
+        self.text, self.style, self.frags, self.bullet = text, style, frags, bullet
+        self.layouts: dict[float, tuple[dict[str, object], tuple[float, float]]] = {}
+
+
+_SHARED_MAX = 4096  # (text, style) pairs kept; the lot is dropped when full
+_by_key: dict[tuple[str, ParagraphStyle], _Shared] = {}
+_by_key_lock = threading.Lock()
+
+
+class LaidOutParagraph(Paragraph):
+    """A Paragraph that parses and lays out each (text, style, width) once.
+
+    A casebook repeats the same cells hundreds of times (a user name, a date, an action, a
+    column heading), and a table lays every cell out to measure its row, again when it splits
+    at a page break, and again to draw it. Parsing the markup depends only on the text and
+    the style; breaking the lines only on those and the width (not on the height offered).
+    So the parser's fragments, and the layout made at a width, are made once and shared:
+    ReportLab only reads them afterwards (drawing and splitting build new objects), and the
+    PDF is byte for byte the one an ordinary Paragraph gives. Split pieces (built by ReportLab
+    from fragments) and paragraphs in styles made on the fly simply do not share."""
+
+    _laid_out: tuple[float, float, float] | None = None  # (width offered, width, height)
+    _shared: _Shared | None = None
+
+    def __init__(self, text: str, style: ParagraphStyle | None = None, *args, **kwargs):
+        if args or kwargs or style is None:  # e.g. the pieces of a split: ReportLab's way
+            super().__init__(text, style, *args, **kwargs)
+            return
+        key = (text, style)
+        shared = _by_key.get(key)
+        if shared is None:
+            super().__init__(text, style)  # parses
+            shared = _Shared(self.text, self.style, list(self.frags), self.bulletText)
+            with _by_key_lock:
+                if len(_by_key) >= _SHARED_MAX:
+                    _by_key.clear()
+                _by_key[key] = shared
+        else:
+            super().__init__(shared.text, shared.style, bulletText=shared.bullet,
+                             frags=list(shared.frags))
+        self._shared = shared
+
+    def wrap(self, availWidth: float, availHeight: float) -> tuple[float, float]:
+        done = self._laid_out
+        if done is not None and done[0] == availWidth:
+            return done[1], done[2]
+        shared = self._shared
+        layout = shared.layouts.get(availWidth) if shared is not None else None
+        if layout is not None:
+            attrs, (width, height) = layout
+            self.__dict__.update(attrs)
+        else:
+            before = dict(self.__dict__)
+            width, height = super().wrap(availWidth, availHeight)
+            if shared is not None:
+                attrs = {k: v for k, v in self.__dict__.items()
+                         if k not in before or before[k] is not v}
+                shared.layouts[availWidth] = (attrs, (width, height))
+        self._laid_out = (availWidth, width, height)
+        return width, height
+
+
 def para(text: object, style: ParagraphStyle) -> Paragraph:
     """A Paragraph of plain (user) text, escaped."""
-    return Paragraph(esc(text), style)
+    return LaidOutParagraph(esc(text), style)
 
 
 def markup(text: str, style: ParagraphStyle) -> Paragraph:
     """A Paragraph of markup we wrote (user parts must already be passed through `esc`)."""
-    return Paragraph(text, style)
+    return LaidOutParagraph(text, style)
 
 
 @dataclass(frozen=True)

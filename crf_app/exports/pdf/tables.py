@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 from reportlab.pdfbase.pdfmetrics import stringWidth
 from reportlab.platypus import Table
@@ -23,10 +24,20 @@ class DataTable(Table):
     header in the middle of one); a row that still does not fit a whole page is split too.
     """
 
+    _laid_out: tuple[float, float] | None = None  # the size the layout below was made for
+
     def __init__(self, data, colWidths=None, **kwargs):
         kwargs.setdefault("splitInRow", int(MIN_PIECE))
         kwargs.setdefault("hAlign", "LEFT")
         super().__init__(data, colWidths=colWidths, **kwargs)
+
+    def _calc(self, availWidth, availHeight):
+        # A frame wraps the table, then splits it in the same space; split() lays it out again
+        # and so does Table.split: the same space gives the same layout, so it is made once.
+        if self._laid_out == (availWidth, availHeight):
+            return
+        super()._calc(availWidth, availHeight)
+        self._laid_out = (availWidth, availHeight)
 
     def split(self, availWidth, availHeight):
         self._calc(availWidth, availHeight)
@@ -44,6 +55,7 @@ class DataTable(Table):
         return super().split(availWidth, availHeight)
 
 
+@lru_cache(maxsize=8192)  # a log repeats its dates, user names and actions row after row
 def _longest_word(text: str, font: str, size: float) -> float:
     words = text.split()
     return max((stringWidth(w, font, size) for w in words), default=0.0)
