@@ -11,7 +11,9 @@ now and then, the D7, D14 and FU30 visits with every scheduled form filled, adve
 (a few serious, reported within 24 h), a withdrawal now and then, end of participation; then
 the monitor's visit (source data verification of every form, a query now and then, answered
 or corrected by the site and closed) and the investigator's casebook signature. Subjects
-enrolled recently are still under way, so the study holds every stage.
+enrolled recently are still under way, so the study holds every stage. The generated study's
+protocol (stored in it) differs from forms/study.yaml in two ways only: its sites, and courses
+of up to 28 days (the stroke regimen allows 14) so that the 28 days of dosing are on protocol.
 
 How it stays honest:
 

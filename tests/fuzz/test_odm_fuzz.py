@@ -13,7 +13,7 @@ import re
 import traceback
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crf_app.domain.errors import CrfError
@@ -21,7 +21,6 @@ from crf_app.domain.roles import Role
 from crf_app.services.maintenance import verify_audit
 from crf_app.services.odm_import import ImportRefused, import_new_study, import_odm
 from crf_app.services.setup import NewUser
-from crf_app.services.tamper import CHANGED, UNAUDITED
 from tests.fuzz.conftest import copy_db, examples
 from tests.interchange.odm_helpers import PASSWORD, counts
 
@@ -129,27 +128,10 @@ def apply(valid: bytes, ops: list[tuple]) -> bytes:
     return text.encode("utf-8", errors="surrogateescape")
 
 
-def _known_importer_gap(d) -> bool:
-    """Audit gaps of odm_import found by this fuzzing and handed over (each has a
-    test_known_bug_* below that fails once it is fixed: then remove its case here):
-
-    * a subject, AE or dosing record created from a file record that lacks one of its items
-      (unknown or dropped) stores the column's default (the SiteRef's site, missed = N…) with
-      no audit event for it;
-    * an ItemData without a Value for a yes/no field of an AE or dose is audited as "no value"
-      but stored as N.
-
-    Only these are let through: other changed values, missing or unaudited rows still fail."""
-    if d.kind == UNAUDITED and d.field and d.entity in ("subject", "dose", "adverse_event"):
-        return True
-    return (d.kind == CHANGED and d.entity in ("dose", "adverse_event") and
-            d.expected is None and d.found == "N")
-
-
 def check_replay(verdict, known_gaps: bool = True) -> None:
     assert verdict.chain_ok, verdict.text()
-    problems = [d for d in verdict.replay.discrepancies
-                if not (known_gaps and _known_importer_gap(d))]
+    del known_gaps  # the importer gaps this fuzzing found are fixed: nothing is let through
+    problems = list(verdict.replay.discrepancies)
     assert not problems, verdict.text()
 
 
@@ -227,7 +209,6 @@ def test_the_valid_file_imports_both_ways(odm):
 @given(data=st.data())
 def test_a_mutated_file_is_merged_cleanly_or_refused_with_nothing_changed(odm, data):
     edits = data.draw(mutations(), label="edits")
-    assume(not _prefixed_root(edits))  # a known bug, see test_known_bug_prefixed_root_tag
     merge_once(odm, apply(odm.valid, edits))
 
 
@@ -235,7 +216,6 @@ def test_a_mutated_file_is_merged_cleanly_or_refused_with_nothing_changed(odm, d
 @given(data=st.data())
 def test_a_mutated_file_creates_a_clean_study_or_none_at_all(odm, data):
     edits = data.draw(mutations(), label="edits")
-    assume(not _prefixed_root(edits))
     new_study_once(odm, apply(odm.valid, edits))
 
 
@@ -254,49 +234,35 @@ def test_odd_encodings_are_refused_with_a_message(odm, case):
     assert isinstance(out, ImportRefused | CrfError)
 
 
-# --- bugs found by fuzzing, handed over to the owner of crf_app/services/odm_import.py -----------
-@pytest.mark.xfail(reason="odm_import: a new subject whose subject record has no I.CRFAPP.SITE "
-                          "item gets the SiteRef's site without an audit event", strict=True)
+# --- bugs found by fuzzing, fixed in odm_import: regression tests ------------------------------
 @pytest.mark.parametrize("mode", ["merge", "new study"])
-def test_known_bug_site_from_siteref_is_unaudited(odm, mode):
+def test_fixed_bug_site_from_siteref_is_unaudited(odm, mode):
     data = apply(odm.valid, [("tag", "ItemData", "ItemDatum")])  # S01-001's SITE item
     (merge_once if mode == "merge" else new_study_once)(odm, data, known_gaps=False)
 
 
-@pytest.mark.xfail(reason="odm_import (new study): a dosing record whose EXMISSED item has an "
-                          "unknown OID is created with missed = N (a dose given) and no audit "
-                          "event for it", strict=True)
-def test_known_bug_dose_missed_default_is_unaudited(odm):
+def test_fixed_bug_dose_missed_default_is_unaudited(odm):
     head, sep, data = odm.valid.decode("utf-8").partition("<ClinicalData")
     data = data.replace('ItemOID="I.CRFAPP.EXMISSED"', 'ItemOID=""', 1)
     new_study_once(odm, (head + sep + data).encode("utf-8"), known_gaps=False)
 
 
-@pytest.mark.xfail(reason="odm_import: an element of the ODM namespace it does not know (a "
-                          "renamed SubjectData) is skipped silently in a merge: a whole subject "
-                          "is dropped and the report does not say so", strict=True)
-def test_known_bug_an_unknown_odm_element_is_dropped_silently(odm):
+def test_fixed_bug_an_unknown_odm_element_is_dropped_silently(odm):
     valid = merge_once(odm, odm.valid)
     out = merge_once(odm, apply(odm.valid, [("tag", "SubjectData", "Item")]))
     assert isinstance(out, ImportRefused) or out.subjects_added == valid.subjects_added or \
         set(out.not_imported) - set(valid.not_imported)  # refused, or the loss is reported
 
 
-@pytest.mark.xfail(reason="odm_import (merge and new study): an EXMISSED ItemData without a "
-                          "Value is audited as 'no value' but the dose is stored with missed = N",
-                   strict=True)
-def test_known_bug_missing_value_audited_as_none_stored_as_no(odm):
+def test_fixed_bug_missing_value_audited_as_none_stored_as_no(odm):
     head, sep, data = odm.valid.decode("utf-8").partition("<ClinicalData")
     data = data.replace('ItemOID="I.CRFAPP.EXMISSED" Value="N"', 'ItemOID="I.CRFAPP.EXMISSED"',
                         1)
     merge_once(odm, (head + sep + data).encode("utf-8"), known_gaps=False)
 
 
-@pytest.mark.xfail(reason="odm_import/reader.py check_root: a root element with an undeclared "
-                          "prefix (<x:ItemData …>) raises lxml's ValueError 'Invalid tag name' "
-                          "instead of ImportRefused", strict=True)
 @pytest.mark.parametrize("mode", ["merge", "new study"])
-def test_known_bug_prefixed_root_tag(odm, mode):
+def test_fixed_bug_prefixed_root_tag(odm, mode):
     data = apply(odm.valid, [("tag", "ODM", "x:ItemData")])
     out = (merge_once if mode == "merge" else new_study_once)(odm, data)
     assert isinstance(out, CrfError)

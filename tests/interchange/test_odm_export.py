@@ -270,3 +270,36 @@ def test_signatures_are_odm_signatures_referencing_signature_defs(laptop_full, t
     assert defs[scr.find("o:Signature/o:SignatureRef", NS).get("SignatureOID")] == \
         "Reviewed and approved"
     assert scr.find("o:FormData[@FormOID='F.vital_signs']/o:Signature", NS) is None
+
+
+def test_a_value_xml_cannot_carry_refuses_the_export_and_leaves_no_file(laptop_a, tmp_path):
+    from crf_app.exports.odm import ExportRefused, write_odm_file
+
+    plan = prepare_export(laptop_a.dm, snapshot=True)
+    source = plan.subjects
+
+    def tampered():
+        for rec in source:
+            rec.fields[1].value = "A\x01B"  # a control character (never stored by crf-app)
+            yield rec
+
+    plan.subjects = tampered()
+    with pytest.raises(ExportRefused, match="U\\+0001"):
+        write_odm_file(tmp_path / "bad.xml", plan)
+    plan.close()
+    assert not list(tmp_path.glob("bad.xml*"))
+
+
+def test_special_characters_round_trip_through_the_text_writer(laptop_a, tmp_path):
+    from io import BytesIO
+
+    plan = prepare_export(laptop_a.dm, subject="S02-005", snapshot=True)
+    [rec] = list(plan.subjects)
+    text = 'a < b & "c" > d\n\ttab\r — ü'
+    rec.fields[1].value = text
+    plan.subjects = iter([rec])
+    out = BytesIO()
+    write_odm(out, plan)
+    doc = etree.fromstring(out.getvalue())
+    item = doc.find(".//o:ItemData[@ItemOID='I.CRFAPP.INITIALS']", NS)
+    assert item.get("Value") == text

@@ -158,3 +158,56 @@ def test_a_hostile_file_creates_no_new_study(target, tmp_path, case):
         db.dispose()
     assert counts(tmp_path / "new.db")["study"] == 0
     assert counts(tmp_path / "new.db")["audit_event"] == 0
+
+
+FIRST_FILE_CASES = {  # laptop A's first file into an empty laptop: every record is new
+    "dose without its EXMISSED value": (
+        lambda t: t.replace('ItemOID="I.CRFAPP.EXMISSED" Value="N"',
+                            'ItemOID="I.CRFAPP.EXMISSED"', 1), "without dose missed"),
+    "renamed SubjectData": (
+        lambda t: t.replace("<SubjectData ", "<Item ", 1).replace("</SubjectData>", "</Item>", 1),
+        "<Item> elements in ClinicalData"),
+    "unknown element in a form": (
+        lambda t: re.sub(r'(<ItemGroupData ItemGroupOID="IG\.vital_signs\.[^"]+"[^>]*>)',
+                         r'\1<ItemDatum ItemOID="I.vital_signs.PULSE"/>', t, count=1),
+        "<ItemDatum> elements inside <ItemGroupData>"),
+    "prefixed root element": (
+        lambda t: t.replace("<ODM ", "<x:ODM ", 1).replace("</ODM>", "</x:ODM>"),
+        "root element is <x:ODM>"),
+}
+
+
+@pytest.mark.parametrize("case", list(FIRST_FILE_CASES))
+def test_a_broken_record_refuses_a_merge_and_is_never_stored_from_a_default(
+        laptop_a, laptops, tmp_path, case):
+    mutate, message = FIRST_FILE_CASES[case]
+    export_odm(laptop_a.dm, tmp_path / "a.xml")
+    text = mutate((tmp_path / "a.xml").read_text(encoding="utf-8"))
+    path = tmp_path / "broken.xml"
+    path.write_text(text if isinstance(text, str) else text.decode(), encoding="utf-8")
+    b = laptops("b")
+    before = counts(b.path)
+    with pytest.raises(ImportRefused, match=re.escape(message)):
+        import_odm(b.dm, path)
+    assert counts(b.path) == before
+
+
+def test_a_new_study_leaves_out_and_reports_a_dose_without_its_missed_flag(laptop_a, tmp_path):
+    from crf_app.services.context import open_new_database
+    from crf_app.services.maintenance import verify_audit
+
+    export_odm(laptop_a.dm, tmp_path / "a.xml", snapshot=True)
+    text = (tmp_path / "a.xml").read_text(encoding="utf-8")
+    broken = tmp_path / "broken.xml"
+    broken.write_text(text.replace('ItemOID="I.CRFAPP.EXMISSED" Value="N"', 'ItemOID=""', 1),
+                      encoding="utf-8")
+    db = open_new_database(f"sqlite:///{tmp_path / 'new.db'}")
+    try:
+        study, report = import_new_study(db, broken, admin=NewUser("admin", "Ada Admin",
+                                                                   Role.ADMIN, PASSWORD))
+        assert any("without dose missed" in what for what in report.not_imported)
+        assert len(dump(tmp_path / "new.db")["doses"]) == len(dump(laptop_a.path)["doses"]) - 1
+        assert verify_audit(study.db).ok
+        study.close()
+    finally:
+        db.dispose()

@@ -5,16 +5,18 @@ Everything happens in one transaction: any problem (a file that is not ODM, anot
 gap in the FileOID chain, an unknown OID, a value of the wrong type, a truncated file) rolls it
 all back and is reported in plain words.
 
-    reader     safe, streamed reading (no DOCTYPE, no entities, no network)
-    mapping    how a file's OIDs map onto the study; value converters; the problems list
-    parse      SubjectData -> plain records (forms, subject/visit records, logs, signatures)
-    merge      records -> the database, value by value from the audited history; conflicts
-    logs       the adverse-event and dosing logs and the signatures
-    targets    the stored values a merge changes; bulk: audit events and values in bulk
-    laptop     merging a crf-app file of this study (import_odm) and the FileOID chain
-    conflicts  the conflicts list and resolving one
+    reader       safe, streamed reading (no DOCTYPE, no entities, no network)
+    mapping      how a file's OIDs map onto the study; value converters; the problems list
+    parse        SubjectData -> plain records (forms, subject/visit records, logs, signatures)
+    merge        records -> the database: subjects, visits, forms (one transaction)
+    history      one value: its incoming audited history against the local one; conflicts
+    logs         the adverse-event and dosing logs and the signatures
+    targets      the stored values a merge changes
+    rows, bulk   new subjects written without ORM objects; audit events and values in bulk
+    laptop       merging a crf-app file of this study (import_odm) and the FileOID chain
+    conflicts    the conflicts list and resolving one
     definitions, new_study   a new study from any ODM file (import_new_study)
-    report     ImportReport and the errors
+    report       ImportReport and the errors
 """
 
 from crf_app.services.odm_import.conflicts import ConflictRow, list_conflicts, resolve_conflict

@@ -114,6 +114,9 @@ class _MergeHandler(Handler):
                                 f"this study runs {oe.mdv_oid(study.metadata_version)}; "
                                 "nothing was imported")
 
+    def unknown(self, what: str) -> None:
+        self.issues.unmapped(what)
+
     def subject(self, el: etree._Element) -> None:
         assert self.mapping is not None and self.merger is not None
         rec = parse_subject(el, self.mapping, self.issues)

@@ -32,9 +32,13 @@ if TYPE_CHECKING:
 MODELS: dict[str, Any] = {oe.AE_LOG.entity: AdverseEvent, oe.DOSE_LOG.entity: DosingRecord}
 IDENTITY = ("sequence", "created_at", "created_by")  # set when a row is added, never merged
 DERIVED = ("flag_text", "warnings", "dose_unit")  # unaudited: follow the audited fields
-REQUIRED = {oe.AE_LOG.entity: ("term", "location", "start_date", "severity", "grade",
-                               "action", "outcome", "created_at", "created_by"),
-            oe.DOSE_LOG.entity: ("date", "created_at", "created_by")}
+# What a new row must carry: the fields the services always record (and audit), so that no
+# value is stored from a default the file never said (a dose "given" because EXMISSED is absent).
+REQUIRED = {oe.AE_LOG.entity: ("term", "location", "start_date", "ongoing", "severity",
+                               "grade", "serious", "action", "outcome", "created_at",
+                               "created_by"),
+            oe.DOSE_LOG.entity: ("date", "instillations", "missed", "created_at",
+                                 "created_by")}
 _DEFAULTS: dict[str, dict[str, Any]] = {
     oe.AE_LOG.entity: {"verbatim": "", "start_time": None, "end_date": None, "ongoing": False,
                        "serious": False, "relationship": None, "treatment": "", "flags": "",

@@ -354,6 +354,9 @@ class _NewStudyHandler(Handler):
             self.issues.unmapped(f"clinical data of study {study_oid!r}, which the file does "
                                  "not define")
 
+    def unknown(self, what: str) -> None:
+        self.issues.unmapped(what)
+
     def subject(self, el: etree._Element) -> None:
         parent = el.getparent()
         if parent is not None and parent.get("StudyOID") not in self.known:

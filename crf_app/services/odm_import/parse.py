@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import defaultdict
 from datetime import datetime
 from functools import lru_cache
+from typing import Any
 
 from lxml import etree
 
@@ -31,6 +32,24 @@ _TYPED = tuple(q(t) for t in ("ItemDataAny", "ItemDataString", "ItemDataInteger"
                               "ItemDataFloat", "ItemDataDate", "ItemDataTime",
                               "ItemDataDatetime", "ItemDataBoolean"))
 _SITE_REF, _FLAG, _FLAG_VALUE = q("SiteRef"), q("Flag"), q("FlagValue")
+_ODM_PREFIX = "{" + oe.ODM_NS + "}"
+_KNOWN = {  # the ODM 1.3.2 children of each level of the clinical data
+    "SubjectData": ("AuditRecord", "Signature", "InvestigatorRef", "SiteRef", "Annotation",
+                    "StudyEventData"),
+    "StudyEventData": ("AuditRecord", "Signature", "Annotation", "FormData"),
+    "FormData": ("AuditRecord", "Signature", "ArchiveLayoutRef", "Annotation", "ItemGroupData"),
+    "ItemGroupData": ("AuditRecord", "Signature", "Annotation", "ItemData", "ItemDataURI",
+                      "ItemDataAny", "ItemDataBoolean", "ItemDataString", "ItemDataInteger",
+                      "ItemDataFloat", "ItemDataDouble", "ItemDataDate", "ItemDataTime",
+                      "ItemDataDatetime", "ItemDataHexBinary", "ItemDataBase64Binary",
+                      "ItemDataHexFloat", "ItemDataBase64Float", "ItemDataPartialDate",
+                      "ItemDataPartialTime", "ItemDataPartialDatetime",
+                      "ItemDataDurationDatetime", "ItemDataIntervalDatetime",
+                      "ItemDataIncompleteDatetime", "ItemDataIncompleteDate",
+                      "ItemDataIncompleteTime"),
+    "ItemData": ("AuditRecord", "Signature", "MeasurementUnitRef", "Annotation"),
+}
+_KNOWN_TAGS = {level: frozenset(q(t) for t in tags) for level, tags in _KNOWN.items()}
 _QUERIES_NOT_MERGED = "query annotations (queries are not merged yet)"
 _OTHER_SIGNATURES = "signatures (Signature elements of other systems)"
 _LOGS = {log_form_id(log): log for log in oe.LOGS}
@@ -49,6 +68,19 @@ def _first(el: etree._Element | None, tag: str) -> etree._Element | None:
 
 def _count(el: etree._Element, tag: str) -> int:
     return sum(1 for _ in el.iterchildren(tag))
+
+
+def _unknown(tag: Any, level: str, issues: Issues, where: str) -> None:
+    """An ODM element ODM 1.3.2 does not define here: refused in a merge, else reported (never
+    dropped silently); other namespaces are vendor extensions, counted by the reader."""
+    if isinstance(tag, str) and tag.startswith(_ODM_PREFIX) and tag not in _KNOWN_TAGS[level]:
+        issues.unmapped(f"<{tag[len(_ODM_PREFIX):]}> elements inside <{level}> (ODM 1.3.2 "
+                        "has none there)", where)
+
+
+def _check_children(el: etree._Element, level: str, issues: Issues, where: str) -> None:
+    for part in el:
+        _unknown(part.tag, level, issues, where)
 
 
 def parse_subject(el: etree._Element, m: OdmMapping, issues: Issues
@@ -74,8 +106,7 @@ def parse_subject(el: etree._Element, m: OdmMapping, issues: Issues
                               [oe.Change(None, None, m.placeholders[f.attr],
                                          "placeholder: not in the ODM file")])
                       for f in oe.SUBJECT_FIELDS if f.attr in m.placeholders]
-    if not m.dialect:
-        rec.fields.append(oe.Cell("SITE", site))
+    _check_children(el, "SubjectData", issues, key)
     visits: dict[str, oe.VisitRecord] = {}
     if notes := _count(el, _ANNOTATION):
         issues.report.not_imported["subject annotations (queries and comments)"] += notes
@@ -93,6 +124,7 @@ def parse_subject(el: etree._Element, m: OdmMapping, issues: Issues
             issues.unmapped(f"repeat {se.get('StudyEventRepeatKey')} of study event {eoid}",
                             where)
             continue
+        _check_children(se, "StudyEventData", issues, where)
         if notes := _count(se, _ANNOTATION):
             issues.report.not_imported["visit annotations (queries and comments)"] += notes
         if code is not None and code not in visits:
@@ -100,6 +132,9 @@ def parse_subject(el: etree._Element, m: OdmMapping, issues: Issues
         for fd in se.iterchildren(_FORM):
             _parse_form(fd, m, issues, rec, visits.get(code) if code else None,
                         f"{key}/{code or 'subject'}")
+    if not any(c.item_id == "SITE" for c in rec.fields):  # the site comes from the SiteRef
+        rec.fields.append(oe.Cell("SITE", site, [oe.Change(
+            None, None, site, "" if not m.dialect else "the site of the SiteRef")]))
     rec.visits = list(visits.values())
     for v in rec.visits:
         if m.placeholders and not any(c.item_id == "VISSTAT" for c in v.fields) and v.forms:
@@ -144,6 +179,7 @@ def _parse_form(fd: etree._Element, m: OdmMapping, issues: Issues, rec: oe.Subje
     if form_id is None:
         issues.unmapped(f"form {foid!r} is not defined (or could not be mapped)", where)
         return
+    _check_children(fd, "FormData", issues, where)
     if fd.get("FormRepeatKey") not in (None, "", "1"):
         issues.unmapped(f"repeat {fd.get('FormRepeatKey')} of form {foid} (forms do not "
                         "repeat in crf-app)", where)
@@ -213,6 +249,8 @@ def _parse_group(ig: etree._Element, m: OdmMapping, issues: Issues, foid: str, r
             notes += 1
         elif tag in _TYPED:
             typed.add(tag)
+        else:
+            _unknown(tag, "ItemGroupData", issues, where)
     if notes:
         issues.report.not_imported["item group annotations"] += notes
     for tag in sorted(typed):
@@ -249,6 +287,8 @@ def _parse_item(idata: etree._Element, m: OdmMapping, issues: Issues, foid: str,
             at, user, reason = _audit_record(part, m)
         elif tag == _ANNOTATION:
             issues.report.not_imported[_QUERIES_NOT_MERGED] += 1
+        else:
+            _unknown(tag, "ItemData", issues, where)
     cell = by_key.get((imap.item_id, row))
     if cell is None:
         cell = by_key[(imap.item_id, row)] = oe.Cell(imap.item_id, None, row=row,
@@ -287,6 +327,8 @@ def _parse_log(fd: etree._Element, log: oe.LogDef, m: OdmMapping, issues: Issues
                     row.updated_at, row.updated_by = at, user
             elif tag == _ANNOTATION:
                 issues.report.not_imported[_QUERIES_NOT_MERGED] += 1
+            else:
+                _unknown(tag, "ItemGroupData", issues, where)
 
 
 def _parse_signatures(fd: etree._Element, m: OdmMapping, issues: Issues,

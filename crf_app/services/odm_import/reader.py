@@ -115,6 +115,9 @@ class Handler:
 
     def header(self, h: Header) -> None: ...
 
+    def unknown(self, what: str) -> None:
+        """An element of the ODM namespace where ODM 1.3.2 has none (refused or reported)."""
+
     def metadata(self, studies: list[etree._Element], admins: list[etree._Element]) -> None: ...
 
     def clinical(self, study_oid: str, mdv_oid: str) -> None: ...
@@ -139,6 +142,23 @@ def _count_foreign(el: etree._Element, report: ImportReport) -> None:
         if isinstance(tag, str):
             report.extensions[tag[1:tag.index("}")] if tag.startswith("{")
                               else "(no namespace)"] += 1
+
+
+_CLINICAL_PARTS = frozenset(q(t) for t in ("SubjectData", "AuditRecords", "Signatures",
+                                            "Annotations"))
+
+
+def _unknown_siblings(el: etree._Element, handler: Handler, following: bool = False,
+                      children: bool = False) -> None:
+    """ODM elements beside the SubjectData of a ClinicalData that ODM does not define there
+    (a renamed SubjectData would otherwise vanish without a word)."""
+    others = el.iterchildren() if children else el.itersiblings(preceding=not following)
+    for other in others:
+        tag = other.tag
+        if isinstance(tag, str) and tag.startswith("{" + NS + "}") and \
+                tag not in _CLINICAL_PARTS:
+            handler.unknown(f"<{tag.rpartition('}')[2]}> elements in ClinicalData (ODM 1.3.2 "
+                            "has none there)")
 
 
 def stream_odm(path: Path, handler: Handler, report: ImportReport, *,
@@ -180,6 +200,7 @@ def stream_odm(path: Path, handler: Handler, report: ImportReport, *,
                 if tag == SUBJECT and parent_tag == CLINICAL:
                     if foreign:
                         _count_foreign(el, report)
+                    _unknown_siblings(el, handler)
                     handler.subject(el)
                     el.clear()
                     while el.getprevious() is not None:
@@ -194,6 +215,11 @@ def stream_odm(path: Path, handler: Handler, report: ImportReport, *,
                 elif tag == CLINICAL:
                     if foreign:
                         _count_foreign(el, report)
+                    for last in el.iterchildren(SUBJECT, reversed=True):
+                        _unknown_siblings(last, handler, following=True)
+                        break
+                    else:
+                        _unknown_siblings(el, handler, children=True)
                     el.clear()
         except etree.XMLSyntaxError as exc:
             raw.seek(max(0, total - 256))
@@ -215,8 +241,8 @@ def check_root(path: Path, el: etree._Element, handler: Handler,
     docinfo = el.getroottree().docinfo
     if docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise ImportRefused(f"{path.name} declares a DOCTYPE; refused; nothing was imported")
-    if el.tag != ODM:
-        name = etree.QName(el).localname if isinstance(el.tag, str) else "?"
+    if el.tag != ODM:  # (a prefixed name is not a QName lxml accepts: plain string work)
+        name = el.tag.rpartition("}")[2] if isinstance(el.tag, str) else "?"
         raise ImportRefused(f"{path.name} is XML but not a CDISC ODM 1.3 file (its root element "
                             f"is <{name}>, not <ODM> in the namespace {NS}); nothing was "
                             "imported")
