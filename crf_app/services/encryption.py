@@ -61,6 +61,6 @@ def use_passphrase_for_new(url: str | None, passphrase: str) -> None:
 def encrypt_copy(url: str | None, target: Path, passphrase: str) -> Path:
     """An encrypted copy of the plain database `url` at `target` (the original is untouched)."""
     path = _path(url)
-    if path is None or not path.exists():
-        raise DatabaseRefused("there is no SQLite database file to encrypt")
+    if path is None or not path.is_file():
+        raise DatabaseRefused(f"{path or url}: there is no SQLite database file to encrypt")
     return encryption.encrypt_file(path, Path(target), passphrase)

@@ -159,4 +159,8 @@ def encrypt_file(source: Path, target: Path, passphrase: str) -> Path:
     problems = passphrase_problems(passphrase)
     if problems:
         raise DatabaseRefused(problems[0])
-    return export_copy(source, target, source_key=None, target_key=passphrase)
+    try:
+        return export_copy(source, target, source_key=None, target_key=passphrase)
+    except sqlcipher().Error as exc:
+        raise DatabaseRefused(f"cannot write an encrypted copy of {source} to {target}: {exc}; "
+                              "nothing was changed") from None

@@ -142,3 +142,12 @@ def test_command_line_encrypts_a_copy(tmp_path):
     assert storage_enc.looks_encrypted(secret)
     listed = _cli("--database", str(secret), "users", "list", env_passphrase=PASSPHRASE)
     assert listed.returncode == 0 and "monitor" in listed.stdout
+
+
+def test_encrypting_a_folder_or_a_non_database_is_refused_plainly(tmp_path):
+    with pytest.raises(DatabaseRefused, match="no SQLite database file"):
+        enc.encrypt_copy(str(tmp_path), tmp_path / "x.db", PASSPHRASE)
+    junk = tmp_path / "junk.db"
+    junk.write_text("hello\n" * 10)
+    with pytest.raises(DatabaseRefused):
+        enc.encrypt_copy(str(junk), tmp_path / "y.db", PASSPHRASE)
