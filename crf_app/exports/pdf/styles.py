@@ -7,6 +7,8 @@ User text never goes into a Paragraph unescaped: `para(text, style)` escapes it 
 
 from __future__ import annotations
 
+import copy
+import re
 import threading
 from dataclasses import dataclass
 from functools import cache
@@ -18,6 +20,8 @@ from reportlab.lib.pagesizes import A4, LETTER
 from reportlab.lib.styles import ParagraphStyle
 from reportlab.lib.units import mm
 from reportlab.platypus import Paragraph, TableStyle
+from reportlab.platypus.paragraph import cleanBlockQuotedText, textTransformFrags
+from reportlab.platypus.paraparser import ParaFrag
 
 from crf_app.exports.pdf.fonts import MONO, SANS, SANS_BOLD, SANS_ITALIC, register_fonts
 
@@ -74,6 +78,34 @@ _by_key: dict[tuple[str, ParagraphStyle], _Shared] = {}
 _by_key_lock = threading.Lock()
 
 
+_MARKUP = re.compile(r"[<>&]")
+_templates: dict[ParagraphStyle, ParaFrag] = {}
+
+
+def _plain_frags(text: str, style: ParagraphStyle) -> list[ParaFrag] | None:
+    """The parser's fragments for a text without markup (most cells: a date, a name, a
+    code), made without running the parser: its one fragment for `style` with this text,
+    exactly what it builds (whitespace cleaned as Paragraph cleans it). None for markup."""
+    if _MARKUP.search(text):
+        return None
+    cleaned = cleanBlockQuotedText(text)
+    if not cleaned:
+        return None
+    template = _templates.get(style)
+    if template is None:
+        parsed = Paragraph("x", style).frags
+        if len(parsed) != 1 or parsed[0].text != "x":
+            return None
+        if len(_templates) >= 256:
+            _templates.clear()
+        template = _templates[style] = parsed[0]
+    frag = copy.copy(template)
+    frag.text = cleaned
+    frags = [frag]
+    textTransformFrags(frags, style)
+    return frags
+
+
 class LaidOutParagraph(Paragraph):
     """A Paragraph that parses and lays out each (text, style, width) once.
 
@@ -96,7 +128,11 @@ class LaidOutParagraph(Paragraph):
         key = (text, style)
         shared = _by_key.get(key)
         if shared is None:
-            super().__init__(text, style)  # parses
+            frags = _plain_frags(text, style)
+            if frags is None:
+                super().__init__(text, style)  # parses
+            else:
+                super().__init__(frags[0].text, style, frags=frags)
             shared = _Shared(self.text, self.style, list(self.frags), self.bulletText)
             with _by_key_lock:
                 if len(_by_key) >= _SHARED_MAX:
