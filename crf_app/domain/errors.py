@@ -89,3 +89,7 @@ class PassphraseRequired(DatabaseRefused):
 
 class StaleData(CrfError):
     """Someone else saved the record since it was read."""
+
+
+class LockedData(CrfError):
+    """The data is locked by a data manager; the message names the lock."""

@@ -10,6 +10,7 @@ from crf_app.domain.errors import AuthenticationFailed
 from crf_app.domain.roles import Action, Role
 from crf_app.services.context import CurrentUser, StudyHandle, UserContext
 from crf_app.services.passwords import verify_password
+from crf_app.services.pipeline import write, write_action
 from crf_app.services.setup import NewUser, add_user
 from crf_app.storage.audit import Actor, AuditWriter
 from crf_app.storage.models import Site, User, utcnow
@@ -75,12 +76,14 @@ def list_users(study: StudyHandle) -> list[UserRow]:
                         u.failed_logins >= MAX_FAILED_LOGINS) for u, code in rows]
 
 
+@write_action("create_user", Action.MANAGE_USERS, changes_data=False)
 def create_user(ctx: UserContext, new: NewUser) -> None:
     """An admin or data manager adds an account; audited."""
     ctx.require(Action.MANAGE_USERS)
     add_user(ctx.study.db, ctx.user.actor, new)
 
 
+@write_action("unlock_user", Action.MANAGE_USERS, changes_data=False)
 def unlock_user(ctx: UserContext, username: str, reason: str) -> None:
     """An admin or data manager unlocks an account locked by failed logins; audited."""
     from crf_app.domain.errors import FieldError, NotFound, ValidationFailed
@@ -88,11 +91,13 @@ def unlock_user(ctx: UserContext, username: str, reason: str) -> None:
     ctx.require(Action.MANAGE_USERS)
     if not reason.strip():
         raise ValidationFailed(FieldError("reason", "required", "A reason is required"))
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "unlock_user") as w:
+        s = w.session
         user = s.execute(select(User).where(User.username == username)).scalar_one_or_none()
         if user is None:
             raise NotFound(f"user {username!r} does not exist")
-        AuditWriter(s, ctx.user.actor, now=ctx.now()).record(
+        w.touched("user")
+        w.audit.record(
             "update", "user", username, field="failed_logins", old=user.failed_logins, new=0,
             reason=reason.strip())
         user.failed_logins = 0

@@ -27,6 +27,7 @@ from crf_app.domain.adverse_events import (
     sae_deadline,
     validate_adverse_event,
 )
+from crf_app.domain.coverage import Content
 from crf_app.domain.errors import (
     FieldError,
     NotFound,
@@ -37,8 +38,7 @@ from crf_app.domain.errors import (
 from crf_app.domain.roles import Action, allowed
 from crf_app.domain.subjects import SubjectStatus
 from crf_app.services.context import UserContext
-from crf_app.services.signoff import check_not_locked
-from crf_app.storage.audit import AuditWriter
+from crf_app.services.pipeline import write, write_action
 from crf_app.storage.log_models import AdverseEvent, DosingRecord
 from crf_app.storage.models import Site, Subject
 
@@ -242,16 +242,17 @@ def ae_form_context(ctx: UserContext, subject_id: int) -> AeFormContext:
                              allowed(ctx.user.role, Action.ASSESS_CAUSALITY))
 
 
+@write_action("record_adverse_event", Action.EDIT_DATA)
 def record_adverse_event(ctx: UserContext, subject_id: int, raw: AeInput) -> int:
     """Record a new adverse event; returns its id.
 
     Refused (ValidationFailed, nothing written) when a rule is broken; late onset and a
     withdrawn subject are saved and flagged. A serious event starts the 24-hour SAE clock.
     """
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "record_adverse_event") as w:
+        s = w.session
         subj = _subject(s, ctx, subject_id)
-        check_not_locked(s, None, subj)
-        ctx.require(Action.EDIT_DATA, subj.site.code)
+        w.authorise_subject(subj)
         _guard_causality(ctx, _new_relationship(raw), None)
         can_assess = allowed(ctx.user.role, Action.ASSESS_CAUSALITY)
         result = check_ae(raw, _context(s, ctx, subj), can_assess)
@@ -272,11 +273,13 @@ def record_adverse_event(ctx: UserContext, subject_id: int, raw: AeInput) -> int
             f: (None, None if v == "" else v) for f, v in _wanted(result.value).items()}
         changes["flags"] = (None, ae.flags or None)
         changes["sae_recorded_at"] = (None, ae.sae_recorded_at)
-        AuditWriter(s, ctx.user.actor, now=now).record_fields(
+        w.changed(Content.ADVERSE_EVENT, subj.id)
+        w.audit.record_fields(
             "create", "adverse_event", _label(subj, ae), changes, subject_id=subj.id)
         return ae.id
 
 
+@write_action("update_adverse_event", Action.EDIT_DATA)
 def update_adverse_event(ctx: UserContext, ae_id: int, raw: AeInput, reason: str = "",
                          expected_version: int | None = None) -> AeSaved:
     """Correct an adverse event (or, as investigator, assess its causality).
@@ -285,10 +288,10 @@ def update_adverse_event(ctx: UserContext, ae_id: int, raw: AeInput, reason: str
     `expected_version` was read) is refused. Only an investigator may set or change causality.
     """
     reason = reason.strip()
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "update_adverse_event") as w:
+        s = w.session
         ae, subj = _event(s, ctx, ae_id)
-        check_not_locked(s, None, subj)
-        ctx.require(Action.EDIT_DATA, subj.site.code)
+        w.authorise_subject(subj)
         if expected_version is not None and expected_version != ae.row_version:
             at = ae.updated_at.astimezone().strftime("%Y-%m-%d %H:%M") if ae.updated_at else "?"
             raise StaleData(f"This adverse event was changed by {ae.updated_by} at {at} since "
@@ -318,7 +321,9 @@ def update_adverse_event(ctx: UserContext, ae_id: int, raw: AeInput, reason: str
         if result.value.serious and recorded is None:
             recorded = now
         changes["sae_recorded_at"] = (ae.sae_recorded_at, recorded)
-        AuditWriter(s, ctx.user.actor, now=now).record_fields(
+        if changed:
+            w.changed(Content.ADVERSE_EVENT, subj.id)
+        w.audit.record_fields(
             "update", "adverse_event", _label(subj, ae), changes, reason=reason,
             subject_id=subj.id)
         _apply(ae, result.value, result.flags)
@@ -332,6 +337,7 @@ def _differs(a: object, b: object) -> bool:
     return (None if a == "" else a) != (None if b == "" else b)
 
 
+@write_action("mark_sae_reported", Action.EDIT_DATA)
 def mark_sae_reported(ctx: UserContext, ae_id: int, reported_at: datetime,
                       reason: str = "") -> AeRow:
     """Record when the SAE report reached the sponsor; this stops the SAE clock.
@@ -341,10 +347,10 @@ def mark_sae_reported(ctx: UserContext, ae_id: int, reported_at: datetime,
     reason = reason.strip()
     if reported_at.tzinfo is None or reported_at.utcoffset() is None:
         raise ValueError("reported_at must be a timezone-aware datetime")
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "mark_sae_reported") as w:
+        s = w.session
         ae, subj = _event(s, ctx, ae_id)
-        check_not_locked(s, None, subj)
-        ctx.require(Action.EDIT_DATA, subj.site.code)
+        w.authorise_subject(subj)
         errs = []
         if not ae.serious:
             errs.append(FieldError("reported_at", "not_serious",
@@ -363,7 +369,8 @@ def mark_sae_reported(ctx: UserContext, ae_id: int, reported_at: datetime,
         if errs:
             raise ValidationFailed(errs)
         if ae.sae_reported_at != reported_at:
-            AuditWriter(s, ctx.user.actor, now=ctx.now()).record_fields(
+            w.changed(Content.ADVERSE_EVENT, subj.id)
+            w.audit.record_fields(
                 "update", "adverse_event", _label(subj, ae),
                 {"sae_reported_at": (ae.sae_reported_at, reported_at)}, reason=reason,
                 subject_id=subj.id)

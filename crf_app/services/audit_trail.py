@@ -14,7 +14,7 @@ from sqlalchemy import select
 from crf_app.domain.errors import CrfError
 from crf_app.domain.roles import Action
 from crf_app.services.context import UserContext
-from crf_app.storage.models import AuditEvent
+from crf_app.storage.models import AuditEvent, Site, Subject
 
 CSV_HEADER = ["event_id", "utc_time", "user", "action", "entity", "entity_id", "field", "old",
               "new", "reason", "hash"]
@@ -34,6 +34,16 @@ class AuditRow:
     reason: str
 
 
+def _scoped(ctx: UserContext, q):
+    """Only the events of subjects at the caller's site, for a site-bound user (study-wide
+    events, e.g. logins and accounts, are not theirs to read)."""
+    if not ctx.user.site_code:
+        return q
+    return q.where(AuditEvent.subject_id.in_(
+        select(Subject.id).join(Site, Subject.site_id == Site.id)
+        .where(Subject.study_id == ctx.study.study_id, Site.code == ctx.user.site_code)))
+
+
 def audit_history(ctx: UserContext, *, subject_id: int | None = None,
                   entity_prefix: str | None = None, field: str | None = None,
                   user: str | None = None, text: str | None = None,
@@ -41,7 +51,7 @@ def audit_history(ctx: UserContext, *, subject_id: int | None = None,
     """Newest first: who, when, old → new, reason; filtered by subject, entity id prefix
     (e.g. "S01-004/SCR/vital_signs"), field (item), user and free text."""
     ctx.require(Action.VIEW_AUDIT)
-    q = select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)
+    q = _scoped(ctx, select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit))
     if subject_id is not None:
         q = q.where(AuditEvent.subject_id == subject_id)
     if entity_prefix:
@@ -78,8 +88,9 @@ def export_audit_csv(ctx: UserContext, target: Path, batch: int = 5000) -> int:
             last = 0
             while True:
                 with ctx.study.db.reading() as s:
-                    rows = s.execute(select(AuditEvent).where(AuditEvent.id > last)
-                                     .order_by(AuditEvent.id).limit(batch)).scalars().all()
+                    rows = s.execute(_scoped(ctx, select(AuditEvent).where(
+                        AuditEvent.id > last).order_by(AuditEvent.id).limit(batch))
+                    ).scalars().all()
                 if not rows:
                     break
                 for e in rows:

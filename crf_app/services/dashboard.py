@@ -28,17 +28,22 @@ class Dashboard:
 
 
 def dashboard(ctx: UserContext, *, sdv: dict[str, tuple[int, int]] | None = None) -> Dashboard:
+    """The study's figures; a site-bound user's cover only their site."""
     ctx.require(Action.VIEW)
     today = ctx.today()
     codes = [v.code for v in ctx.study.protocol.visits]
+    seen = (select(Subject.id).join(Site, Subject.site_id == Site.id)
+            .where(Subject.study_id == ctx.study.study_id,
+                   *([Site.code == ctx.user.site_code] if ctx.user.site_code else [])))
     with ctx.study.db.reading() as s:
         subjects = s.execute(select(Subject.id, Subject.screening_number, Site.code,
                                     Subject.enrolled_on, Subject.status)
-                             .join(Site).where(Subject.study_id == ctx.study.study_id)
+                             .join(Site).where(Subject.id.in_(seen))
                              .order_by(Subject.screening_number)).all()
         visits = s.execute(select(Visit.subject_id, Visit.visit_code, Visit.status,
-                                  Visit.window_end)).all()
-        opened = s.execute(select(Query.opened_at).where(Query.state != "closed")).scalars()
+                                  Visit.window_end).where(Visit.subject_id.in_(seen))).all()
+        opened = s.execute(select(Query.opened_at).where(
+            Query.state != "closed", Query.subject_id.in_(seen))).scalars()
         now = ctx.now()
         ages = [(now - t).days for t in opened]
     first = min((r[3] for r in subjects), default=today)

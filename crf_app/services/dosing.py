@@ -16,6 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from crf_app.domain.compliance import compliance, course_compliance
+from crf_app.domain.coverage import Content
 from crf_app.domain.dosing import (
     DoseContext,
     DoseInput,
@@ -34,7 +35,7 @@ from crf_app.domain.protocol import RegimenDef
 from crf_app.domain.roles import Action, allowed
 from crf_app.domain.subjects import SubjectStatus
 from crf_app.services.context import UserContext
-from crf_app.services.signoff import check_not_locked
+from crf_app.services.pipeline import write, write_action
 from crf_app.storage.audit import AuditWriter
 from crf_app.storage.log_models import DosingRecord
 from crf_app.storage.models import Query, QueryMessage, Subject
@@ -244,31 +245,33 @@ def dose_form_context(ctx: UserContext, subject_id: int,
                                allowed(ctx.user.role, Action.EDIT_DATA))
 
 
+@write_action("record_dose", Action.EDIT_DATA)
 def record_dose(ctx: UserContext, subject_id: int, raw: DoseInput) -> DoseOutcome:
     """Record one administration or missed dose; findings are saved and open queries.
 
     A subject never randomised (no baseline date) cannot receive study drug: refused.
     """
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "record_dose") as w:
+        s = w.session
         subj = _subject(s, ctx, subject_id)
-        check_not_locked(s, None, subj)
-        ctx.require(Action.EDIT_DATA, subj.site.code)
+        w.authorise_subject(subj)
         existing = [to_record(r) for r in dosing_records(s, subj.id)]
-        audit = AuditWriter(s, ctx.user.actor, now=ctx.now())
-        outcome, _rec = _insert(s, audit, ctx, subj, raw, existing)
+        outcome, _rec = _insert(s, w.audit, ctx, subj, raw, existing)
+        w.changed(Content.DOSE, subj.id)
         return outcome
 
 
+@write_action("record_usual_day", Action.EDIT_DATA)
 def record_usual_day(ctx: UserContext, subject_id: int, day: date, start_time: time,
                      lot: str, given_by: str = "SELF") -> list[DoseOutcome]:
     """The quick daily entry: the regimen's usual administrations of `day`, all or none.
 
     Refused when the day already has records (enter or correct those one by one).
     """
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "record_usual_day") as w:
+        s = w.session
         subj = _subject(s, ctx, subject_id)
-        check_not_locked(s, None, subj)
-        ctx.require(Action.EDIT_DATA, subj.site.code)
+        w.authorise_subject(subj)
         stored = dosing_records(s, subj.id)
         errs = []
         if same_day := [r for r in stored if r.dose_date == day]:
@@ -285,15 +288,16 @@ def record_usual_day(ctx: UserContext, subject_id: int, day: date, start_time: t
         if errs:
             raise ValidationFailed(errs)
         existing = [to_record(r) for r in stored]
-        audit = AuditWriter(s, ctx.user.actor, now=ctx.now())
+        w.changed(Content.DOSE, subj.id)
         outcomes = []
         for raw in planned:
-            outcome, rec = _insert(s, audit, ctx, subj, raw, existing)
+            outcome, rec = _insert(s, w.audit, ctx, subj, raw, existing)
             existing.append(rec)
             outcomes.append(outcome)
         return outcomes
 
 
+@write_action("update_dose", Action.EDIT_DATA)
 def update_dose(ctx: UserContext, dose_id: int, raw: DoseInput, reason: str = "",
                 expected_version: int | None = None) -> DoseOutcome:
     """Correct a dosing record: reason for change required, stale copies refused.
@@ -302,13 +306,13 @@ def update_dose(ctx: UserContext, dose_id: int, raw: DoseInput, reason: str = ""
     no longer hold close theirs.
     """
     reason = reason.strip()
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "update_dose") as w:
+        s = w.session
         r = s.get(DosingRecord, dose_id)
         subj = s.get(Subject, r.subject_id) if r is not None else None
         if r is None or subj is None or subj.study_id != ctx.study.study_id:
             raise NotFound(f"dosing record {dose_id} does not exist in this study")
-        check_not_locked(s, None, subj)
-        ctx.require(Action.EDIT_DATA, subj.site.code)
+        w.authorise_subject(subj)
         if expected_version is not None and expected_version != r.row_version:
             at = r.updated_at.astimezone().strftime("%Y-%m-%d %H:%M") if r.updated_at else "?"
             raise StaleData(f"This dosing record was changed by {r.updated_by} at {at} since "
@@ -321,8 +325,10 @@ def update_dose(ctx: UserContext, dose_id: int, raw: DoseInput, reason: str = ""
         changed = [f for f in _FIELDS if old[f] != new[f]]
         if any(old[f] not in (None, "") for f in changed) and not reason:
             raise ReasonRequired()
-        now = ctx.now()
-        audit = AuditWriter(s, ctx.user.actor, now=now)
+        now = w.now
+        audit = w.audit
+        if changed:
+            w.changed(Content.DOSE, subj.id)
         findings = ",".join(f.rule for f in result.findings)
         changes = {f: (old[f], new[f]) for f in changed}
         changes["findings"] = (r.findings or None, findings or None)

@@ -14,13 +14,15 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
+from crf_app.domain.coverage import Content
 from crf_app.domain.errors import FieldError, NotFound, ReasonRequired, StaleData, ValidationFailed
 from crf_app.domain.forms import FormDef, FormLibrary, FormResult, validate_form
 from crf_app.domain.roles import Action
 from crf_app.domain.subjects import SubjectStatus
 from crf_app.services.context import StudyHandle, UserContext
+from crf_app.services.pipeline import write, write_action
 from crf_app.services.queries import sync_auto_queries
-from crf_app.services.signoff import check_not_locked, form_flags, on_data_changed
+from crf_app.services.signoff import form_flags
 from crf_app.storage.audit import AuditWriter
 from crf_app.storage.models import FormInstance, ItemValue, Query, Site, Subject, Visit
 
@@ -143,6 +145,7 @@ def form_matrix(ctx: UserContext, subject_id: int) -> FormMatrix:
         subj = s.get(Subject, subject_id)
         if subj is None or subj.study_id != ctx.study.study_id:
             raise NotFound(f"subject {subject_id} does not exist in this study")
+        ctx.require(Action.VIEW, subj.site.code)
         visits = list(subj.visits)
         instances = {(fi.visit_id, fi.form_id): fi for fi in s.execute(
             select(FormInstance).join(Visit).where(Visit.subject_id == subject_id)).scalars()}
@@ -229,26 +232,29 @@ _SAVE_TARGET = (select(Visit, Subject, Site, FormInstance)
                 .where(Visit.id == bindparam("visit_id")))
 
 
+@write_action("save_form", Action.EDIT_DATA)
 def save_form(ctx: UserContext, visit_id: int, form_id: str, raw: dict[str, Any], *,
               complete: bool = False, reason: str = "",
               expected_version: int | None = None) -> SaveOutcome:
     """Validate and save a form; refuse with one message per item, else write it all at once.
 
-    `expected_version` is the row version the user opened (0 for a new form): when someone
-    else has saved in between, the save is refused instead of overwriting their work.
+    `expected_version` is the row version the user opened (0 for a new form): when the form
+    was saved in between (by anyone, the same user in another window included), the save is
+    refused instead of overwriting that work.
     """
     reason = reason.strip()
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "save_form") as w:
+        s = w.session
         found = s.execute(_SAVE_TARGET, {"visit_id": visit_id, "form_id": form_id}).first()
         if found is None or found[1].study_id != ctx.study.study_id:
             raise NotFound(f"visit {visit_id} does not exist in this study")
         visit, subj, site, fi = found
-        ctx.require(Action.EDIT_DATA, site.code)
+        w.authorise(site.code, site_id=site.id, subject_id=subj.id,
+                    form_instance_id=fi.id if fi is not None else None)
         form = _form_for_visit(ctx, visit, form_id)
         result = validate_form(form, raw, complete=complete)
         if not result.ok:
             raise ValidationFailed(issue_errors(result.errors))
-        check_not_locked(s, fi, subj)
         current_version = fi.row_version if fi else 0
         if expected_version is not None and expected_version != current_version:
             by = fi.updated_by if fi else "someone"
@@ -257,11 +263,13 @@ def save_form(ctx: UserContext, visit_id: int, form_id: str, raw: dict[str, Any]
             raise StaleData(f"This form was changed by {by} at {at} since you opened it — "
                             "reload it; your entries were not saved")
         new_form = fi is None
+        subj_status_before = subj.status
         if fi is None:
             fi = FormInstance(visit_id=visit.id, form_id=form.id, form_version=form.version,
                               status=NOT_STARTED)
             s.add(fi)
             s.flush()
+            w.new_form(fi.id)
             old: dict[Key, ItemValue] = {}  # a new form has no values yet (no SELECT for them)
         else:
             old = {(v.item_id, v.row_index): v for v in fi.values}
@@ -271,7 +279,7 @@ def save_form(ctx: UserContext, visit_id: int, form_id: str, raw: dict[str, Any]
         corrected = [k for k in changed if k in old]
         if corrected and not reason:
             raise ReasonRequired()
-        audit = AuditWriter(s, ctx.user.actor, now=ctx.now())
+        audit = w.audit
         label = f"{subj.screening_number}/{visit.visit_code}/{form.id}"
         in_table: dict[str, bool] = {}
         events: list[tuple[str, str, object, str, object, object, str]] = []
@@ -299,17 +307,20 @@ def save_form(ctx: UserContext, visit_id: int, form_id: str, raw: dict[str, Any]
         audit.record_many(events, subject_id=subj.id)
         if added:
             s.execute(insert(ItemValue.__table__), added)
-        undone = on_data_changed(s, audit, fi, subj, ctx.now(), new_form=new_form) \
-            if changed or status != fi.status else []
+        if changed or status != fi.status:
+            w.changed(Content.FORM, subj.id, visit_id=visit.id, form_instance_id=fi.id)
         fi.status = status
         fi.updated_at = ctx.now()
         fi.updated_by = ctx.user.username
         opened, closed = sync_auto_queries(s, audit, subj, visit, fi, form, result, ctx,
                                            new_form=new_form)
         subject_status = _apply_eligibility(ctx, subj, form, result, complete, audit)
+        if subject_status != subj_status_before:
+            w.changed(Content.SUBJECT, subj.id)
+        w.finish()  # void what the change covers now, so the outcome can say what was undone
         s.flush()
         return SaveOutcome(status, fi.row_version, changed, opened, closed, result,
-                           subject_status, undone)
+                           subject_status, list(w.changes.voided))
 
 
 def _in_table(form: FormDef, item_id: str) -> bool:

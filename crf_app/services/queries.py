@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from crf_app.domain.errors import FieldError, NotFound, ValidationFailed
 from crf_app.domain.roles import Action
 from crf_app.services.context import UserContext
+from crf_app.services.pipeline import write, write_action
 from crf_app.storage.audit import AuditWriter
 from crf_app.storage.models import FormInstance, Query, QueryMessage, Site, Subject, Visit
 
@@ -104,12 +105,13 @@ def _text(text: str, field: str = "text") -> str:
     return text
 
 
+@write_action("raise_query", Action.RAISE_QUERY, changes_data=False)
 def raise_query(ctx: UserContext, visit_id: int, form_id: str, item_id: str, text: str,
                 row: int = 0) -> int:
     """A monitor or data manager questions an item of a saved form; returns the query id."""
-    ctx.require(Action.RAISE_QUERY)
     text = _text(text)
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "raise_query") as w:
+        s = w.session
         fi = s.execute(select(FormInstance).where(FormInstance.visit_id == visit_id,
                                                   FormInstance.form_id == form_id)
                        ).scalar_one_or_none()
@@ -119,7 +121,8 @@ def raise_query(ctx: UserContext, visit_id: int, form_id: str, item_id: str, tex
         subj = visit.subject
         if subj.study_id != ctx.study.study_id:
             raise NotFound(f"visit {visit_id} does not exist in this study")
-        ctx.require(Action.RAISE_QUERY, subj.site.code)
+        w.authorise_subject(subj)
+        w.touched("query")
         from crf_app.services.forms import form_library
 
         form = form_library(ctx.study).get(form_id)
@@ -134,37 +137,38 @@ def raise_query(ctx: UserContext, visit_id: int, form_id: str, item_id: str, tex
         q.messages.append(QueryMessage(at=now, by=ctx.user.username, kind="open", text=text))
         s.add(q)
         s.flush()
-        AuditWriter(s, ctx.user.actor, now=now).record(
+        w.audit.record(
             "create", "query", q.id, field="state", new="open", reason=text, subject_id=subj.id)
         return q.id
 
 
-_TRANSITIONS = {
-    "answer": (Action.ANSWER_QUERY, {"open"}, "answered"),
-    "close": (Action.CLOSE_QUERY, {"open", "answered"}, "closed"),
-    "reopen": (Action.CLOSE_QUERY, {"closed", "answered"}, "open"),
+_TRANSITIONS = {  # the query workflow: (write action, from states, to state)
+    "answer": ("answer_query", {"open"}, "answered"),
+    "close": ("close_query", {"open", "answered"}, "closed"),
+    "reopen": ("reopen_query", {"closed", "answered"}, "open"),
 }
 
 
 def _transition(ctx: UserContext, query_id: int, kind: str, text: str) -> None:
-    action, from_states, to_state = _TRANSITIONS[kind]
-    ctx.require(action)
+    name, from_states, to_state = _TRANSITIONS[kind]
     text = _text(text)
-    with ctx.study.db.transaction() as s:
+    with write(ctx, name) as w:
+        s = w.session
         q = s.get(Query, query_id)
         if q is None:
             raise NotFound(f"query {query_id} does not exist")
         subj = s.get(Subject, q.subject_id)
         if subj is None or subj.study_id != ctx.study.study_id:
             raise NotFound(f"query {query_id} does not exist")
-        ctx.require(action, subj.site.code)
+        w.authorise_subject(subj)
+        w.touched("query")
         if q.state not in from_states:
             raise ValidationFailed(FieldError(
                 "state", "transition", f"Query {query_id} is {q.state}; it cannot be "
                 f"{'closed' if kind == 'close' else kind + 'ed'} now"))
-        now = ctx.now()
+        now = w.now
         q.messages.append(QueryMessage(at=now, by=ctx.user.username, kind=kind, text=text))
-        AuditWriter(s, ctx.user.actor, now=now).record(
+        w.audit.record(
             "update", "query", q.id, field="state", old=q.state, new=to_state, reason=text,
             subject_id=subj.id)
         q.state = to_state
@@ -174,17 +178,21 @@ def _transition(ctx: UserContext, query_id: int, kind: str, text: str) -> None:
             q.closed_at, q.closed_by = None, None
 
 
+@write_action("answer_query", Action.ANSWER_QUERY, changes_data=False)
 def answer_query(ctx: UserContext, query_id: int, text: str) -> None:
     """Site staff answer an open query."""
     _transition(ctx, query_id, "answer", text)
 
 
+@write_action("close_query", Action.CLOSE_QUERY, changes_data=False)
 def close_query(ctx: UserContext, query_id: int, text: str) -> None:
     """A monitor or data manager closes a query (refused when it is already closed)."""
     _transition(ctx, query_id, "close", text)
 
 
+@write_action("reopen_query", Action.CLOSE_QUERY, changes_data=False)
 def reopen_query(ctx: UserContext, query_id: int, text: str) -> None:
+    """A monitor or data manager re-opens a closed or answered query."""
     _transition(ctx, query_id, "reopen", text)
 
 
@@ -205,6 +213,8 @@ def list_queries(ctx: UserContext, *, site: str | None = None, subject_id: int |
              .outerjoin(FormInstance, Query.form_instance_id == FormInstance.id)
              .where(Subject.study_id == ctx.study.study_id)
              .order_by(Query.opened_at, Query.id))
+        if site and ctx.user.site_code not in (None, site):
+            ctx.require(Action.VIEW, site)  # a site-bound user asking for another site
         site = site or ctx.user.site_code
         if site:
             q = q.where(Site.code == site)
@@ -239,6 +249,8 @@ def query_thread(ctx: UserContext, query_id: int) -> list[QueryMessageRow]:
     ctx.require(Action.VIEW)
     with ctx.study.db.reading() as s:
         q = s.get(Query, query_id)
-        if q is None:
+        subj = s.get(Subject, q.subject_id) if q is not None else None
+        if q is None or subj is None or subj.study_id != ctx.study.study_id:
             raise NotFound(f"query {query_id} does not exist")
+        ctx.require(Action.VIEW, subj.site.code)
         return [QueryMessageRow(m.at, m.by, m.kind, m.text) for m in q.messages]

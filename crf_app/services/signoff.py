@@ -7,19 +7,18 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, or_, select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from crf_app.domain.errors import (
     AuthenticationFailed,
-    CrfError,
     FieldError,
     NotFound,
     ValidationFailed,
 )
 from crf_app.domain.roles import Action
 from crf_app.services.context import UserContext
-from crf_app.storage.audit import AuditWriter
+from crf_app.services.pipeline import write, write_action
 from crf_app.storage.models import FormInstance, ItemValue, Site, Subject, Visit
 from crf_app.storage.signoff_models import Lock, Signature, Verification
 
@@ -27,67 +26,8 @@ MEANINGS = ["Reviewed and approved", "Authored", "Verified as accurate and compl
             "Responsible investigator sign-off"]
 
 
-class LockedData(CrfError):
-    """The data is locked by a data manager."""
-
-
-# --- used by every writing service ------------------------------------------------------------
-_ACTIVE_LOCKS = (select(Lock).where(Lock.unlocked_at.is_(None), or_(
-    (Lock.scope == "subject") & (Lock.target_id == bindparam("subject")),
-    (Lock.scope == "site") & (Lock.target_id == bindparam("site")),
-    (Lock.scope == "form") & (Lock.target_id == bindparam("form"))))
-    .order_by(Lock.id))
-
-
-def check_not_locked(s: Session, fi: FormInstance | None, subj: Subject) -> None:
-    """Refuse a change to a locked form, subject or site."""
-    targets = [("subject", subj.id), ("site", subj.site_id)]
-    if fi is not None and fi.id is not None:
-        targets.append(("form", fi.id))
-    # one SELECT for the three targets (a form not saved yet has no id: -1 matches no lock)
-    locks = s.execute(_ACTIVE_LOCKS, {"subject": subj.id, "site": subj.site_id,
-                                      "form": targets[2][1] if len(targets) > 2 else -1}
-                      ).scalars().all()
-    for scope, target in targets:
-        lock = next((lk for lk in locks if lk.scope == scope and lk.target_id == target), None)
-        if lock is not None:
-            what = {"form": "This form", "subject": "This subject",
-                    "site": "This site"}[scope]
-            raise LockedData(f"{what} is locked (by {lock.locked_by}: {lock.reason}); it "
-                             "cannot be changed until a data manager unlocks it")
-
-
-_COVERING_SIGNATURES = select(Signature).where(
-    Signature.subject_id == bindparam("subject"), Signature.state == "valid",
-    (Signature.form_instance_id == bindparam("form")) | (Signature.visit_id == bindparam("visit"))
-    | (Signature.scope == "casebook"))
-
-
-def on_data_changed(s: Session, audit: AuditWriter, fi: FormInstance, subj: Subject,
-                    now: datetime, *, new_form: bool = False) -> list[str]:
-    """A saved change removes the form's verification and invalidates the signatures that
-    cover it, visibly and audited. Returns what was undone (for the user).
-
-    `new_form`: `fi` was created in this transaction, so nothing can verify it yet (no
-    SELECT for that); a visit or casebook signature may still cover it."""
-    undone = []
-    verifications = [] if new_form else s.execute(select(Verification).where(
-        Verification.form_instance_id == fi.id, Verification.cleared_at.is_(None))).scalars()
-    for v in verifications:
-        v.cleared_at, v.cleared_reason = now, "data changed after verification"
-        audit.record("update", "verification", v.id, field="state", old="verified",
-                     new="cleared", reason="data changed after verification",
-                     subject_id=subj.id)
-        undone.append("source data verification removed")
-    sigs = s.execute(_COVERING_SIGNATURES, {"subject": subj.id, "form": fi.id,
-                                            "visit": fi.visit_id}).scalars().all()
-    for sig in sigs:
-        sig.state, sig.invalidated_at = "invalidated", now
-        sig.invalidated_reason = "signed data changed"
-        audit.record("update", "signature", sig.id, field="state", old="valid",
-                     new="invalidated", reason="signed data changed", subject_id=subj.id)
-        undone.append(f"signature of {sig.printed_name} invalidated")
-    return undone
+# LockedData, the lock check and what a change voids live in the write pipeline
+# (crf_app.services.pipeline) and the coverage rule (crf_app.domain.coverage).
 
 
 # --- source data verification -----------------------------------------------------------------
@@ -100,24 +40,28 @@ def _form_instance(s: Session, ctx: UserContext, visit_id: int, form_id: str) ->
     return fi
 
 
+@write_action("verify_form", Action.VERIFY, changes_data=False)
 def verify_form(ctx: UserContext, visit_id: int, form_id: str) -> None:
-    """A monitor marks a complete form as verified against the source documents."""
-    with ctx.study.db.transaction() as s:
+    """A monitor marks a complete form as verified against the source documents (allowed on
+    locked data: a verification changes no value)."""
+    with write(ctx, "verify_form") as w:
+        s = w.session
         fi = _form_instance(s, ctx, visit_id, form_id)
         subj = fi.visit.subject
-        ctx.require(Action.VERIFY, subj.site.code)
+        w.authorise_subject(subj)
+        w.touched("verification")
         if fi.status != "complete":
             raise ValidationFailed(FieldError("status", "complete_first",
                                               "Only a complete form can be verified"))
         if _verification(s, fi.id) is not None:
             raise ValidationFailed(FieldError("status", "already_verified",
                                               "This form is already verified"))
-        now = ctx.now()
+        now = w.now
         v = Verification(form_instance_id=fi.id, subject_id=subj.id, verified_at=now,
                          verified_by=ctx.user.username)
         s.add(v)
         s.flush()
-        AuditWriter(s, ctx.user.actor, now=now).record(
+        w.audit.record(
             "create", "verification", v.id, field="state", new="verified",
             reason=f"{subj.screening_number}/{fi.visit.visit_code}/{fi.form_id}",
             subject_id=subj.id)
@@ -152,7 +96,8 @@ def sdv_progress(ctx: UserContext) -> list[SdvProgress]:
                    func.count(verified.c.form_instance_id))
             .select_from(FormInstance).join(Visit).join(Subject).join(Site)
             .outerjoin(verified, verified.c.form_instance_id == FormInstance.id)
-            .where(FormInstance.status == "complete", Subject.study_id == ctx.study.study_id)
+            .where(FormInstance.status == "complete", Subject.study_id == ctx.study.study_id,
+                   *([Site.code == ctx.user.site_code] if ctx.user.site_code else []))
             .group_by(Site.code, Subject.screening_number)
             .order_by(Site.code, Subject.screening_number)).all()
     return [SdvProgress(*r) for r in rows]
@@ -173,10 +118,12 @@ def signed_values_hash(s: Session, subject_id: int, form_ids: list[int]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
+@write_action("sign", Action.SIGN, changes_data=False)
 def sign(ctx: UserContext, subject_id: int, *, scope: str, password: str, meaning: str,
          visit_id: int | None = None, form_id: str | None = None) -> int:
     """An investigator signs a form, a visit or the whole casebook by entering their password
-    again and choosing the meaning; returns the signature id."""
+    again and choosing the meaning; returns the signature id. Only complete forms are
+    signed; a form that is not complete cannot be signed on its own."""
     if scope not in ("form", "visit", "casebook"):
         raise ValidationFailed(FieldError("scope", "codelist",
                                           "Sign a form, a visit or a casebook"))
@@ -200,10 +147,16 @@ def sign(ctx: UserContext, subject_id: int, *, scope: str, password: str, meanin
                                               "There is no complete form to sign here"))
     # re-authentication outside the signing transaction: a wrong password is a failed login
     _reauthenticate(ctx, password)
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "sign") as w:
+        s = w.session
         subj = s.get(Subject, subject_id)
+        w.authorise_subject(subj)
+        w.touched("signature")
         forms = s.execute(q).scalars().all()
-        now = ctx.now()
+        if not forms:
+            raise ValidationFailed(FieldError("scope", "nothing_to_sign",
+                                              "There is no complete form to sign here"))
+        now = w.now
         sig = Signature(subject_id=subj.id, scope=scope,
                         visit_id=visit_id if scope != "casebook" else None,
                         form_instance_id=forms[0].id if scope == "form" else None,
@@ -214,7 +167,7 @@ def sign(ctx: UserContext, subject_id: int, *, scope: str, password: str, meanin
                         forms_signed=len(forms), state="valid")
         s.add(sig)
         s.flush()
-        AuditWriter(s, ctx.user.actor, now=now).record(
+        w.audit.record(
             "create", "signature", sig.id, field="meaning", new=sig.meaning,
             reason=f"{scope} of {subj.screening_number}: {len(forms)} forms, "
                    f"sha256 {sig.values_hash[:16]}…", subject_id=subj.id)
@@ -251,6 +204,10 @@ def signature_manifest(ctx: UserContext, subject_id: int) -> list[SignatureRow]:
     """Every signature of a subject, valid or invalidated (for screens and printouts)."""
     ctx.require(Action.VIEW)
     with ctx.study.db.reading() as s:
+        subj = s.get(Subject, subject_id)
+        if subj is None or subj.study_id != ctx.study.study_id:
+            raise NotFound(f"subject {subject_id} does not exist")
+        ctx.require(Action.VIEW, subj.site.code)
         rows = s.execute(select(Signature, Visit.visit_code, FormInstance.form_id)
                          .outerjoin(Visit, Signature.visit_id == Visit.id)
                          .outerjoin(FormInstance,
@@ -263,45 +220,64 @@ def signature_manifest(ctx: UserContext, subject_id: int) -> list[SignatureRow]:
 
 
 # --- locking ----------------------------------------------------------------------------------
+def _lock_target(s: Session, ctx: UserContext, scope: str, target_id: int
+                 ) -> tuple[Site, int | None]:
+    """The site a lock target belongs to, and its subject (None for a site)."""
+    model = {"form": FormInstance, "subject": Subject, "site": Site}[scope]
+    target = s.get(model, target_id)
+    if scope == "form" and target is not None:
+        target = target.visit.subject
+    if target is not None and scope != "site":
+        return target.site, target.id
+    if target is None or target.study_id != ctx.study.study_id:
+        raise NotFound(f"{scope} {target_id} does not exist")
+    return target, None
+
+
+@write_action("lock", Action.LOCK, changes_data=False)
 def lock(ctx: UserContext, scope: str, target_id: int, reason: str) -> int:
-    """A data manager locks a form instance, a subject or a site."""
-    ctx.require(Action.LOCK)
+    """A data manager locks a form instance, a subject or a site (of their own site, when
+    bound to one)."""
     if scope not in ("form", "subject", "site"):
         raise ValidationFailed(FieldError("scope", "codelist", "Lock a form, subject or site"))
     if not reason.strip():
         raise ValidationFailed(FieldError("reason", "required", "A reason is required"))
-    with ctx.study.db.transaction() as s:
-        model = {"form": FormInstance, "subject": Subject, "site": Site}[scope]
-        if s.get(model, target_id) is None:
-            raise NotFound(f"{scope} {target_id} does not exist")
+    with write(ctx, "lock") as w:
+        s = w.session
+        site, subject_id = _lock_target(s, ctx, scope, target_id)
+        w.authorise(site.code, subject_id=subject_id)
+        w.touched("lock")
         if s.execute(select(Lock.id).where(Lock.scope == scope, Lock.target_id == target_id,
                                            Lock.unlocked_at.is_(None))).first():
             raise ValidationFailed(FieldError("scope", "already_locked",
                                               f"This {scope} is already locked"))
-        now = ctx.now()
-        lk = Lock(scope=scope, target_id=target_id, locked_at=now, locked_by=ctx.user.username,
-                  reason=reason.strip())
+        lk = Lock(scope=scope, target_id=target_id, locked_at=w.now,
+                  locked_by=ctx.user.username, reason=reason.strip())
         s.add(lk)
         s.flush()
-        AuditWriter(s, ctx.user.actor, now=now).record(
-            "create", "lock", lk.id, field=scope, new=str(target_id), reason=reason.strip())
+        w.audit.record("create", "lock", lk.id, field=scope, new=str(target_id),
+                       reason=reason.strip(), subject_id=subject_id)
         return lk.id
 
 
+@write_action("unlock", Action.LOCK, changes_data=False)
 def unlock(ctx: UserContext, lock_id: int, reason: str) -> None:
-    ctx.require(Action.LOCK)
+    """A data manager lifts a lock (of their own site, when bound to one), with a reason."""
     if not reason.strip():
         raise ValidationFailed(FieldError("reason", "required",
                                           "A reason is required to unlock data"))
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "unlock") as w:
+        s = w.session
         lk = s.get(Lock, lock_id)
         if lk is None or lk.unlocked_at is not None:
             raise NotFound(f"lock {lock_id} is not active")
-        now = ctx.now()
-        lk.unlocked_at, lk.unlocked_by, lk.unlock_reason = now, ctx.user.username, reason.strip()
-        AuditWriter(s, ctx.user.actor, now=now).record(
-            "update", "lock", lk.id, field="state", old="locked", new="unlocked",
-            reason=reason.strip())
+        site, subject_id = _lock_target(s, ctx, lk.scope, lk.target_id)
+        w.authorise(site.code, subject_id=subject_id)
+        w.touched("lock")
+        lk.unlocked_at, lk.unlocked_by, lk.unlock_reason = (w.now, ctx.user.username,
+                                                            reason.strip())
+        w.audit.record("update", "lock", lk.id, field="state", old="locked", new="unlocked",
+                       reason=reason.strip(), subject_id=subject_id)
 
 
 def form_flags(s: Session, fi_ids: list[int]) -> dict[int, set[str]]:
@@ -337,6 +313,7 @@ def active_locks(ctx: UserContext, subject_id: int) -> list[LockRow]:
         subj = s.get(Subject, subject_id)
         if subj is None or subj.study_id != ctx.study.study_id:
             raise NotFound(f"subject {subject_id} does not exist")
+        ctx.require(Action.VIEW, subj.site.code)
         form_ids = list(s.execute(select(FormInstance.id).join(Visit)
                                   .where(Visit.subject_id == subject_id)).scalars())
         q = select(Lock).where(Lock.unlocked_at.is_(None), (

@@ -8,6 +8,7 @@ from datetime import date
 from sqlalchemy import String, case, func, select, type_coerce
 from sqlalchemy.orm import Session
 
+from crf_app.domain.coverage import Content
 from crf_app.domain.errors import FieldError, NotFound, ValidationFailed
 from crf_app.domain.roles import Action
 from crf_app.domain.subjects import (
@@ -21,7 +22,7 @@ from crf_app.domain.subjects import (
 )
 from crf_app.services.context import UserContext
 from crf_app.services.forms import eligibility_verdict
-from crf_app.storage.audit import AuditWriter
+from crf_app.services.pipeline import write, write_action
 from crf_app.storage.models import Site, Subject, Visit
 
 
@@ -83,14 +84,17 @@ def _subject(s: Session, ctx: UserContext, subject_id: int) -> Subject:
     return subj
 
 
+@write_action("enroll_subject", Action.ENROLL)
 def enroll_subject(ctx: UserContext, e: Enrollment) -> int:
-    """Enrol a subject (and schedule the visits when a baseline date is given); returns its id."""
+    """Enrol a subject (and schedule the visits when a baseline date is given); returns its id.
+    Refused at a site the caller does not work at, and at a locked site."""
     ctx.require(Action.ENROLL, e.site)
     protocol = ctx.study.protocol
     errors = check_enrollment(e, protocol, ctx.today())
     if errors:
         raise ValidationFailed(errors)
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "enroll_subject") as w:
+        s = w.session
         taken = s.execute(select(Subject.id).where(
             Subject.study_id == ctx.study.study_id,
             Subject.screening_number == e.screening_number)).first()
@@ -100,6 +104,7 @@ def enroll_subject(ctx: UserContext, e: Enrollment) -> int:
                 f"Screening number {e.screening_number} is already used in this study"))
         site_id = s.execute(select(Site.id).where(Site.study_id == ctx.study.study_id,
                                                   Site.code == e.site)).scalar_one()
+        w.authorise(e.site, site_id=site_id)
         subj = Subject(study_id=ctx.study.study_id, site_id=site_id,
                        screening_number=e.screening_number, initials=e.initials,
                        birth_year=e.birth_year, sex=e.sex, arm=e.arm,
@@ -110,8 +115,8 @@ def enroll_subject(ctx: UserContext, e: Enrollment) -> int:
                        metadata_version=ctx.study.metadata_version)
         s.add(subj)
         s.flush()
-        audit = AuditWriter(s, ctx.user.actor, now=ctx.now())
-        audit.record_fields("create", "subject", subj.screening_number, {
+        w.changed(Content.SUBJECT, subj.id)
+        w.audit.record_fields("create", "subject", subj.screening_number, {
             "site": (None, e.site), "initials": (None, e.initials),
             "birth_year": (None, e.birth_year), "sex": (None, e.sex), "arm": (None, e.arm),
             "consent_date": (None, e.consent_date), "enrolled_on": (None, e.enrolled_on),
@@ -124,11 +129,13 @@ def enroll_subject(ctx: UserContext, e: Enrollment) -> int:
         return subj.id
 
 
+@write_action("set_baseline", Action.EDIT_DATA)
 def set_baseline(ctx: UserContext, subject_id: int, baseline: date, reason: str = "") -> None:
     """Set (randomise) or correct the baseline date; the schedule is recomputed from it."""
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "set_baseline") as w:
+        s = w.session
         subj = _subject(s, ctx, subject_id)
-        ctx.require(Action.EDIT_DATA, subj.site.code)
+        w.authorise_subject(subj)
         errs = check_baseline(baseline, subj.consent_date, ctx.today())
         if subj.status not in SubjectStatus.ACTIVE:
             errs.append(FieldError("baseline_date", "subject_active",
@@ -143,8 +150,10 @@ def set_baseline(ctx: UserContext, subject_id: int, baseline: date, reason: str 
                                    "A reason for change is required to change the baseline date"))
         if errs:
             raise ValidationFailed(errs)
-        audit = AuditWriter(s, ctx.user.actor, now=ctx.now())
+        audit = w.audit
         old_status = subj.status
+        if subj.baseline_date != baseline or old_status != SubjectStatus.ON_STUDY:
+            w.changed(Content.SUBJECT, subj.id)
         audit.record_fields("update", "subject", subj.screening_number, {
             "baseline_date": (subj.baseline_date, baseline),
             "status": (old_status, SubjectStatus.ON_STUDY),
@@ -161,23 +170,27 @@ def set_baseline(ctx: UserContext, subject_id: int, baseline: date, reason: str 
                                  "deviation": (visit.deviation, deviation)},
                                 reason="schedule computed from baseline date",
                                 subject_id=subj.id)
+            if visit.deviation != deviation:
+                w.changed(Content.VISIT_DATE, subj.id, visit_id=visit.id)
             visit.planned_date, visit.window_start, visit.window_end = (
                 pv.planned, pv.window_start, pv.window_end)
             visit.deviation = deviation
 
 
+@write_action("record_visit_date", Action.EDIT_DATA)
 def record_visit_date(ctx: UserContext, visit_id: int, actual: date, reason: str = "") -> str:
     """Record when a visit took place; returns the protocol deviation ('' when in window).
 
     A date outside the visit window is accepted and flagged as a deviation. Changing an already
     recorded date needs a reason for change.
     """
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "record_visit_date") as w:
+        s = w.session
         visit = s.get(Visit, visit_id)
         if visit is None or visit.subject.study_id != ctx.study.study_id:
             raise NotFound(f"visit {visit_id} does not exist")
         subj = visit.subject
-        ctx.require(Action.EDIT_DATA, subj.site.code)
+        w.authorise_subject(subj)
         errs = []
         if actual > ctx.today():
             errs.append(FieldError("actual_date", "not_future",
@@ -196,7 +209,9 @@ def record_visit_date(ctx: UserContext, visit_id: int, actual: date, reason: str
         if errs:
             raise ValidationFailed(errs)
         deviation = window_deviation(actual, visit.window_start, visit.window_end)
-        AuditWriter(s, ctx.user.actor, now=ctx.now()).record_fields(
+        if visit.actual_date != actual:
+            w.changed(Content.VISIT_DATE, subj.id, visit_id=visit.id)
+        w.audit.record_fields(
             "update", "visit", f"{subj.screening_number}/{visit.visit_code}", {
                 "actual_date": (visit.actual_date, actual),
                 "status": (visit.status, "done"),
@@ -206,6 +221,7 @@ def record_visit_date(ctx: UserContext, visit_id: int, actual: date, reason: str
         return deviation
 
 
+@write_action("end_participation", Action.CHANGE_STATUS)
 def end_participation(ctx: UserContext, subject_id: int, status: str, on: date,
                       reason: str) -> None:
     """Withdraw, complete or screen-fail a subject, with the date and reason."""
@@ -214,9 +230,10 @@ def end_participation(ctx: UserContext, subject_id: int, status: str, on: date,
         SubjectStatus.COMPLETED: frozenset({SubjectStatus.ON_STUDY}),
         SubjectStatus.SCREEN_FAILED: frozenset({SubjectStatus.SCREENING}),
     }
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "end_participation") as w:
+        s = w.session
         subj = _subject(s, ctx, subject_id)
-        ctx.require(Action.CHANGE_STATUS, subj.site.code)
+        w.authorise_subject(subj)
         errs = []
         if status not in allowed_from:
             errs.append(FieldError("status", "codelist",
@@ -235,7 +252,8 @@ def end_participation(ctx: UserContext, subject_id: int, status: str, on: date,
                                    "The date must not be before informed consent"))
         if errs:
             raise ValidationFailed(errs)
-        AuditWriter(s, ctx.user.actor, now=ctx.now()).record_fields(
+        w.changed(Content.SUBJECT, subj.id)
+        w.audit.record_fields(
             "update", "subject", subj.screening_number, {
                 "status": (subj.status, status), "status_date": (subj.status_date, on),
                 "status_reason": (subj.status_reason or None, reason.strip()),

@@ -117,6 +117,7 @@ USER_FIELDS = (("full_name", "text"), ("role", "text"), ("site", "text"), ("acti
 # Subject-scoped entities (their events carry the subject id); the others are global.
 SUBJECT_SCOPED = frozenset({"subject", "visit", "form", "item", "adverse_event", "dose",
                             "query", "verification", "signature", "merge_conflict"})
+# (a lock's events name the subject it is about, but locks are replayed with the globals)
 GLOBAL = ("user", "site", "study", "metadata_version", "lock", "odm_file")
 ELIGIBILITY_REASON = "eligibility criteria not met"
 
@@ -730,7 +731,8 @@ class _Replay:
         seen: set[tuple[str, str]] = set()
         for eid, action, entity, entity_id, fld, new in s.execute(
                 select(ev.id, ev.action, ev.entity, ev.entity_id, ev.field, ev.new_value)
-                .where(ev.entity.in_(GLOBAL), ev.subject_id.is_(None)).order_by(ev.id)):
+                .where(ev.entity.in_(GLOBAL), ev.subject_id.is_(None)
+                       | (ev.entity == "lock")).order_by(ev.id)):
             self.report.events += 1
             if entity == "odm_file":
                 fold[(entity, entity_id, action)] = (eid, new)

@@ -5,7 +5,12 @@ from datetime import date
 import pytest
 from sqlalchemy import select
 
-from crf_app.domain.errors import AuthenticationFailed, PermissionDenied, ValidationFailed
+from crf_app.domain.errors import (
+    AuthenticationFailed,
+    LockedData,
+    PermissionDenied,
+    ValidationFailed,
+)
 from crf_app.domain.roles import Role
 from crf_app.domain.subjects import Enrollment
 from crf_app.services import forms as fsvc
@@ -100,7 +105,7 @@ def test_locked_data_cannot_be_changed_until_unlocked(roles, complete_form, stud
     with pytest.raises(PermissionDenied):
         signoff.lock(roles[Role.MONITOR], "subject", sid, "database lock")
     lock_id = signoff.lock(dm, "subject", sid, "interim analysis")
-    with pytest.raises(signoff.LockedData, match="locked"):
+    with pytest.raises(LockedData, match="locked"):
         fsvc.save_form(coord, vid, "vital_signs", dict(VITALS, PULSE="70"), reason="x")
     with pytest.raises(ValidationFailed, match="reason"):
         signoff.unlock(dm, lock_id, "")
@@ -110,7 +115,7 @@ def test_locked_data_cannot_be_changed_until_unlocked(roles, complete_form, stud
         fi = s.execute(select(FormInstance.id)).scalar_one()
     signoff.lock(dm, "form", fi, "form frozen")
     assert fsvc.form_matrix(dm, sid).cells[(vid, "vital_signs")].status == "locked"
-    with pytest.raises(signoff.LockedData):
+    with pytest.raises(LockedData):
         fsvc.save_form(coord, vid, "vital_signs", VITALS, reason="x")
 
 
@@ -120,7 +125,7 @@ def test_a_locked_subject_refuses_log_entries_too(roles, complete_form):
 
     sid, _vid = complete_form
     signoff.lock(roles[Role.DATA_MANAGER], "subject", sid, "database lock")
-    with pytest.raises(signoff.LockedData):
+    with pytest.raises(LockedData):
         record_adverse_event(roles[Role.COORDINATOR], sid, AeInput(
             term="HEADACHE", start_date="2026-11-20", ongoing=True, severity="MILD", grade="1",
             serious="N", action="NONE", outcome="NOT_RECOVERED"))

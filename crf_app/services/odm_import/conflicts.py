@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crf_app.domain.coverage import Content
 from crf_app.domain.errors import FieldError, NotFound, ValidationFailed
 from crf_app.domain.roles import Action
 from crf_app.domain.subjects import schedule
@@ -15,7 +16,8 @@ from crf_app.exports import odm as oe
 from crf_app.services.context import UserContext
 from crf_app.services.odm_import.logs import MODELS
 from crf_app.services.odm_import.targets import AttrTarget, ItemTarget, LogTarget, Target
-from crf_app.storage.audit import Actor, AuditWriter
+from crf_app.services.pipeline import write, write_action
+from crf_app.storage.audit import Actor
 from crf_app.storage.interchange_models import MergeConflict
 from crf_app.storage.models import FormInstance, ItemValue, Site, Subject, Visit
 
@@ -70,6 +72,7 @@ def list_conflicts(ctx: UserContext, *, state: str | None = "open") -> list[Conf
                 for c, sn, site, visit, form in s.execute(q)]
 
 
+@write_action("resolve_conflict", Action.IMPORT)
 def resolve_conflict(ctx: UserContext, conflict_id: int, choice: str, reason: str = "") -> None:
     """A data manager keeps the local value or takes the incoming one; audited.
 
@@ -80,10 +83,9 @@ def resolve_conflict(ctx: UserContext, conflict_id: int, choice: str, reason: st
     if choice not in ("local", "incoming"):
         raise ValidationFailed(FieldError("choice", "codelist",
                                           "Choose 'local' or 'incoming'"))
-    ctx.require(Action.IMPORT)
     ctx.require(Action.CLOSE_QUERY)
-    now = ctx.now()
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "resolve_conflict") as w:
+        s, now = w.session, w.now
         c = s.get(MergeConflict, conflict_id)
         if c is None:
             raise NotFound(f"merge conflict {conflict_id} does not exist")
@@ -97,8 +99,12 @@ def resolve_conflict(ctx: UserContext, conflict_id: int, choice: str, reason: st
         site_ids = {code: sid for code, sid in s.execute(
             select(Site.code, Site.id).where(Site.study_id == subj.study_id))}
         target = target_of(s, c, subj, site_ids)
+        # the conflict's data must not be locked, whichever value is chosen (keeping the
+        # local value records it again as the newer change)
+        w.authorise_subject(subj, form_instance_id=c.form_instance_id
+                            if c.entity == "item" else None)
         current = target.current()
-        audit = AuditWriter(s, ctx.user.actor, now=now)
+        audit = w.audit
         note = f"merge conflict {c.id} resolved by {ctx.user.username}: " + (
             "incoming value chosen" if choice == "incoming" else "local value kept") + (
             f" — {reason.strip()}" if reason.strip() else "")
@@ -113,6 +119,9 @@ def resolve_conflict(ctx: UserContext, conflict_id: int, choice: str, reason: st
         audit.now, audit.actor = now, ctx.user.actor
         if choice == "incoming":
             target.apply(c.incoming_value)
+            if c.incoming_value != current:
+                w.changed(*content_of(c), subj.id, visit_id=c.visit_id,
+                          form_instance_id=c.form_instance_id)
         else:
             audit.record("update", target.entity, target.entity_id, field=target.field,
                          old=c.incoming_value, new=current, reason=note, subject_id=subj.id)
@@ -127,6 +136,17 @@ def resolve_conflict(ctx: UserContext, conflict_id: int, choice: str, reason: st
                         v.window_start, v.window_end = pv.window_start, pv.window_end
         c.state, c.resolution = "resolved", choice
         c.resolved_by, c.resolved_at, c.resolution_event_id = ctx.user.username, now, ev.id
+
+
+def content_of(c: MergeConflict) -> tuple[Content]:
+    """The kind of signed content a conflict's value is."""
+    if c.entity == "item":
+        return (Content.FORM,)
+    if c.entity == "visit":
+        return (Content.VISIT_DATE,)
+    if c.entity == "subject":
+        return (Content.SUBJECT,)
+    return (Content.ADVERSE_EVENT if oe.LOG_BY_ENTITY[c.entity] is oe.AE_LOG else Content.DOSE,)
 
 
 def target_of(s: Session, c: MergeConflict, subj: Subject, site_ids: dict[str, int]) -> Target:

@@ -80,6 +80,17 @@ class HistoryMerger:
     def merge_cell(self: Merger, t: Target, cell: oe.Cell, local: list[LocalEvent],
                    open_conflicts: list[MergeConflict], subject: Subject, *, fresh: bool,
                    initial: str | None = None) -> str:
+        """`_merge_cell`, remembering each value of a stored subject that the merge changes
+        or contests (for the lock check and the signatures and verifications it voids)."""
+        outcome = self._merge_cell(t, cell, local, open_conflicts, subject, fresh=fresh,
+                                   initial=initial)
+        if not fresh and outcome in ("applied", "conflict"):
+            self.touched_targets.append(t)
+        return outcome
+
+    def _merge_cell(self: Merger, t: Target, cell: oe.Cell, local: list[LocalEvent],
+                    open_conflicts: list[MergeConflict], subject: Subject, *, fresh: bool,
+                    initial: str | None = None) -> str:
         """Bring one value up to date; returns 'unchanged', 'applied', 'conflict' or 'kept'.
 
         The incoming history is matched with the local one by (time, user, new value). After

@@ -41,6 +41,7 @@ from crf_app.services.odm_import.reader import (
     stream_odm,
 )
 from crf_app.services.odm_import.report import ImportRefused, ImportReport
+from crf_app.services.pipeline import write, write_action
 from crf_app.storage.audit import Actor, AuditWriter
 from crf_app.storage.interchange_models import ImportedFile
 
@@ -102,7 +103,8 @@ class _MergeHandler(Handler):
         self.merger = Merger(self.s, study_id=study.study_id, protocol=study.protocol,
                              library=form_library(study), file_oid=self.report.file_oid,
                              actor=self.ctx.user.actor, now=self.ctx.now(),
-                             report=self.report, issues=self.issues)
+                             report=self.report, issues=self.issues,
+                             site_scope=self.ctx.user.site_code)
 
     def clinical(self, study_oid: str, mdv: str) -> None:
         study = self.ctx.study
@@ -171,13 +173,16 @@ def check_chain(s: Session, h: Header, sha: str, path: Path) -> bool:
     return False
 
 
+@write_action("import_odm", Action.IMPORT)
 def import_odm(ctx: UserContext, path: Path, *, strict: bool = True,
                progress: Progress | None = None, cancelled: Cancelled | None = None
                ) -> ImportReport:
     """Merge a transactional crf-app ODM file of this study, all or nothing; audited.
 
     Merging is always strict (an unknown OID or a value the forms engine refuses refuses the
-    whole file); `strict` is accepted for symmetry with `import_new_study`.
+    whole file); `strict` is accepted for symmetry with `import_new_study`. The file is
+    refused as a whole when it changes locked data, or (for a site-bound importer) a subject
+    of another site; what it changes voids the signatures and verifications covering it.
     """
     del strict
     ctx.require(Action.IMPORT)
@@ -187,7 +192,8 @@ def import_odm(ctx: UserContext, path: Path, *, strict: bool = True,
         raise NotFound(f"{path}: no such file")
     sha = file_sha256(path)
     issues = Issues(report, refuse=True)
-    with ctx.study.db.transaction() as s:
+    with write(ctx, "import_odm") as w:
+        s = w.session
         handler = _MergeHandler(ctx, s, path, sha, report, issues)
         check_prolog(path)
         if _already_imported(s, path, sha, report):

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, select
 
+from crf_app.domain.coverage import Content, ContentChange
 from crf_app.exports import odm as oe
 from crf_app.services.odm_export import log_keys, log_label
 from crf_app.services.odm_import.bulk import RawInsert, RawSelect
 from crf_app.services.odm_import.targets import LogTarget, log_columns
 from crf_app.storage.log_models import AdverseEvent, DosingRecord
 from crf_app.storage.models import FormInstance, Subject, Visit
-from crf_app.storage.signoff_models import Signature, Verification
+from crf_app.storage.signoff_models import Signature
 
 if TYPE_CHECKING:
     from crf_app.services.odm_import.merge import Merger
@@ -57,6 +58,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
 class LogMerger:
     """The part of `Merger` that merges logs and signatures."""
 
+    content: set[ContentChange]
     log_inserts: dict[str, RawInsert]
     log_ids: dict[str, RawSelect]
 
@@ -157,31 +159,10 @@ class LogMerger:
                     self.new_history(log.entity, entity_id, f.attr, cell, subj.id)
         self.report.log_rows_added += len(ready)
         self._changed = True
+        self.content.add(ContentChange(
+            Content.ADVERSE_EVENT if log is oe.AE_LOG else Content.DOSE, subj.id))
 
     # -- signatures --
-    def signed_data_changed(self: Merger, subj: Subject, visit: Visit, fi: FormInstance,
-                            label: str) -> None:
-        """The merge changed values of a saved form: its verification is removed and the
-        signatures covering it are invalidated, visibly and audited (as a local save does)."""
-        s, why = self.s, f"data changed by merging {self.file_oid}"
-        for v in s.execute(select(Verification).where(Verification.form_instance_id == fi.id,
-                                                      Verification.cleared_at.is_(None))
-                           ).scalars():
-            v.cleared_at, v.cleared_reason = self.now, why
-            self.audit.record("update", "verification", v.id, field="state", old="verified",
-                              new="cleared", reason=f"{label}: {why}", subject_id=subj.id)
-            self.report.events_recorded += 1
-        for sig in s.execute(select(Signature).where(
-                Signature.subject_id == subj.id, Signature.state == "valid",
-                (Signature.form_instance_id == fi.id) | (Signature.visit_id == visit.id)
-                | (Signature.scope == "casebook"))).scalars():
-            sig.state, sig.invalidated_at, sig.invalidated_reason = "invalidated", self.now, \
-                "signed data changed by a merge"
-            self.audit.record("update", "signature", sig.id, field="state", old="valid",
-                              new="invalidated", reason=f"{label}: {why}", subject_id=subj.id)
-            self.report.events_recorded += 1
-            self.report.signatures_invalidated += 1
-
     def merge_signatures(self: Merger, subj: Subject, rec: oe.SubjectRecord,
                          visits: dict[str, Visit], fresh: bool) -> None:
         if not rec.signatures:

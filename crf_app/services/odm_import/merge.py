@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crf_app.domain.coverage import Content, ContentChange
 from crf_app.domain.forms import FormDef, FormLibrary, validate_form
 from crf_app.domain.protocol import Protocol
 from crf_app.domain.subjects import SEXES, SubjectStatus, schedule
@@ -33,6 +34,7 @@ from crf_app.services.odm_import.targets import (
     NewValue,
     typed,
 )
+from crf_app.services.pipeline import lock_message, lock_on, void_covered
 from crf_app.storage.audit import Actor
 from crf_app.storage.interchange_models import MergeConflict
 from crf_app.storage.models import AuditEvent, FormInstance, ItemValue, Site, Subject, User, Visit
@@ -47,8 +49,13 @@ class Merger(HistoryMerger, LogMerger):
 
     def __init__(self, s: Session, *, study_id: int, protocol: Protocol, library: FormLibrary,
                  file_oid: str, actor: Actor, now: datetime, report: ImportReport,
-                 issues: Issues, allow_unknown_sex: bool = False):
+                 issues: Issues, allow_unknown_sex: bool = False,
+                 site_scope: str | None = None):
         self.s, self.study_id, self.protocol, self.library = s, study_id, protocol, library
+        self.site_scope = site_scope  # a site-bound importer merges only their site's subjects
+        # what the merge changes or contests in stored subjects (see `_settle`)
+        self.touched_targets: list[Any] = []
+        self.content: set[ContentChange] = set()
         self.file_oid, self.actor, self.now = file_oid, actor, now
         self.report, self.issues = report, issues
         self.allow_unknown_sex = allow_unknown_sex
@@ -65,6 +72,8 @@ class Merger(HistoryMerger, LogMerger):
         self._fresh = False
         self.site_ids = {code: sid for code, sid in s.execute(
             select(Site.code, Site.id).where(Site.study_id == study_id))}
+        self.site_locks = {sid: lk for sid in self.site_ids.values()
+                           if (lk := lock_on(s, site_id=sid)) is not None}
         self.user_ids = dict(s.execute(select(User.username, User.id)).all())
         self.arms = {a.code for a in protocol.arms}
         self.item_ids = {f.id: {i.id for i in f.items} for f in library.forms.values()}
@@ -115,7 +124,16 @@ class Merger(HistoryMerger, LogMerger):
             return
         if not ok or (self.issues.problems and self.issues.refuse):
             return
+        if self.site_scope is not None:
+            sites = {rec.site} | ({next(c for c, i in self.site_ids.items()
+                                        if i == subj.site_id)} if subj is not None else set())
+            if sites - {self.site_scope}:
+                self.issues.bad(rec.key, f"the subject is at site {', '.join(sorted(sites))}; "
+                                f"{self.actor.username!r} works at site {self.site_scope} and "
+                                "may not import data of another site")
+                return
         self._changed = False
+        self.touched_targets, self.content = [], set()
         fresh = self._fresh = subj is None
         self._instances, self._stores = {}, defaultdict(dict)
         self._new_stores: dict[int, dict[tuple[str, int], Any]] = {}
@@ -168,6 +186,7 @@ class Merger(HistoryMerger, LogMerger):
                     v.window_start, v.window_end = pv.window_start, pv.window_end
         self.merge_logs(subj, rec, local, conflicts, fresh)
         self.merge_signatures(subj, rec, visits, fresh)
+        self._settle(subj, fresh)
         if fresh:
             self.report.subjects_added += 1
         elif self._changed:
@@ -179,6 +198,42 @@ class Merger(HistoryMerger, LogMerger):
         if self._pending >= EXPUNGE_EVERY:
             s.expunge_all()
             self._pending = 0
+
+    def _settle(self, subj: Any, fresh: bool) -> None:
+        """The pipeline's rules for what this subject's merge changed: refused when it changes
+        or contests locked data (form, subject or site lock; the import is then refused as a
+        whole), else the verifications and signatures covering the changes are voided."""
+        changes = set(self.content)
+        for t in self.touched_targets:
+            if isinstance(t, ItemTarget):
+                changes.add(ContentChange(Content.FORM, subj.id, t.visit_id, t.fi.id))
+            elif isinstance(t, AttrTarget):
+                changes.add(ContentChange(Content.VISIT_DATE, subj.id, t.visit_id) if t.visit
+                            else ContentChange(Content.SUBJECT, subj.id))
+            else:
+                changes.add(ContentChange(Content.ADVERSE_EVENT if t.log is oe.AE_LOG
+                                          else Content.DOSE, subj.id))
+        self.touched_targets, self.content = [], set()
+        if fresh:
+            lock = self.site_locks.get(subj.site_id)
+        elif not (changes or self._changed):
+            return
+        else:
+            lock = next((lk for fi_id in sorted({c.form_instance_id for c in changes
+                                                 if c.form_instance_id is not None})
+                         if (lk := lock_on(self.s, site_id=subj.site_id, subject_id=subj.id,
+                                           form_instance_id=fi_id)) is not None), None) \
+                or lock_on(self.s, site_id=subj.site_id, subject_id=subj.id)
+        if lock is not None:
+            self.issues.bad(subj.screening_number, "the file changes locked data: "
+                            + lock_message(lock))
+            return
+        if fresh or not changes:
+            return
+        undone = void_covered(self.s, self.audit, changes, self.now,
+                              why=f"data changed by merging {self.file_oid}")
+        self.report.events_recorded += len(undone)
+        self.report.signatures_invalidated += sum("signature" in u for u in undone)
 
     def flush(self) -> None:
         """Write what is pending: ORM rows first (their ids), then values and audit in bulk."""
@@ -272,6 +327,7 @@ class Merger(HistoryMerger, LogMerger):
             self._instances[(visit.id, form.id)] = fi
             self.report.forms_added += 1
             self._changed = True
+            self.content.add(ContentChange(Content.FORM, subj.id, visit.id, None))
             store: dict[tuple[str, int], Any] = {}
             self._new_stores[id(fi)] = store
         else:  # (a form twice in the file: its second FormData merges with the first)
@@ -316,9 +372,9 @@ class Merger(HistoryMerger, LogMerger):
             self.report.events_recorded += 1
             fi.status, fi.updated_at, fi.updated_by = frec.status, frec.updated_at, \
                 frec.updated_by
+            self.content.add(ContentChange(Content.FORM, subj.id, visit.id, fi.id))
         if applied and not new_form:
             self._recompute(subj, visit, fi, form, store, label)
-            self.signed_data_changed(subj, visit, fi, label)
         elif applied:
             result = validate_form(form, unflatten(form, {k: v.value for k, v in store.items()}))
             for err in result.errors:
