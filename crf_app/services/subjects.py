@@ -170,8 +170,6 @@ def set_baseline(ctx: UserContext, subject_id: int, baseline: date, reason: str 
                                  "deviation": (visit.deviation, deviation)},
                                 reason="schedule computed from baseline date",
                                 subject_id=subj.id)
-            if visit.deviation != deviation:
-                w.changed(Content.VISIT_DATE, subj.id, visit_id=visit.id)
             visit.planned_date, visit.window_start, visit.window_end = (
                 pv.planned, pv.window_start, pv.window_end)
             visit.deviation = deviation

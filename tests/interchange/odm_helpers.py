@@ -146,6 +146,16 @@ def visit_id(ctx: UserContext, sn: str, code: str) -> int:
     return next(v.id for v in subject_detail(ctx, subject_id(ctx, sn)).visits if v.code == code)
 
 
+def set_values(ctx: UserContext, sn: str, code: str, form: str, reason: str,
+               **values: str) -> None:
+    """Change some values of a saved form (the rest as stored) and save it complete."""
+    from crf_app.services.forms import open_form, save_form
+
+    visit = visit_id(ctx, sn, code)
+    save_form(ctx, visit, form, dict(open_form(ctx, visit, form).raw, **values), complete=True,
+              reason=reason)
+
+
 def enrich(lap: Laptop) -> None:
     """Log corrections, a reported SAE, a dosing query and signatures (one invalidated by a
     later change) on top of the demo population: every kind of log and signature record."""
