@@ -39,6 +39,7 @@ a new database only).
 from __future__ import annotations
 
 import heapq
+import os
 import random
 import time as _clock
 from collections.abc import Callable, Iterator
@@ -775,14 +776,19 @@ class BulkWriter:
     """Runs a plan's actions into the study's database: every row and audit event the services
     would write for them, inserted in bulk."""
 
-    FLUSH_EVENTS = 60_000  # audit events held before a flush (with the finished subjects' rows)
+    # audit events gathered before a flush (one transaction: the finished subjects' rows and
+    # their events); CRF_GENERATE_FLUSH_EVENTS overrides it (the kill test commits often)
+    FLUSH_EVENTS = int(os.environ.get("CRF_GENERATE_FLUSH_EVENTS", "60000"))
 
     def __init__(self, study: StudyHandle):
         self.study = study
         self.protocol = study.protocol
         self.lib = form_library(study)
         self.subjects: dict[int, _Subject] = {}
-        self.events: list[tuple] = []
+        self.events: list[tuple] = []  # the events to insert at the next flush
+        # a subject's events are held until the subject is finished, then flushed with its
+        # rows in one transaction: a kill at any moment leaves a study that verifies
+        self.held: dict[int, list[tuple]] = {}
         self.written: dict[str, int] = {}
         self.statuses: dict[str, int] = {}
         self.last_login: dict[str, datetime] = {}
@@ -820,7 +826,9 @@ class BulkWriter:
             "query", "answer", "close", "verify", "sign", "end")}
         for action in actions:
             if action.kind == "done":
-                self._finish(self.subjects.pop(action.subject))
+                finished = self.subjects.pop(action.subject)
+                self.events.extend(self.held.pop(finished.id))
+                self._finish(finished)
                 done += 1
                 if len(self.events) >= self.FLUSH_EVENTS:
                     with conn.begin():
@@ -829,6 +837,10 @@ class BulkWriter:
                         progress(done, total)
                 continue
             handlers[action.kind](action, self.subjects.get(action.subject))
+        for left in self.subjects.values():  # (a plan ends every subject's story; if not)
+            self.events.extend(self.held.pop(left.id))
+            self._finish(left)
+        self.subjects.clear()
         with conn.begin():
             self._flush(conn)
             for username, at in self.last_login.items():
@@ -869,8 +881,9 @@ class BulkWriter:
                old: object = None, new: object = None, reason: str = "",
                subject_id: int | None = None) -> None:
         uid = self.users[a.user][0]
-        self.events.append((a.at, uid, a.user, action, entity, entity_id, fld, old, new, reason,
-                            subject_id))
+        held = self.held.get(subject_id) if subject_id is not None else None
+        (self.events if held is None else held).append(
+            (a.at, uid, a.user, action, entity, entity_id, fld, old, new, reason, subject_id))
 
     def _fields(self, a: Action, action: str, entity: str, entity_id: object,
                 changes: list[tuple[str, object, object]], reason: str,
@@ -892,6 +905,7 @@ class BulkWriter:
         s = _Subject(self._next("subject"), e, self.site_ids[e.site],
                      self.study.metadata_version)
         self.subjects[a.subject] = s
+        self.held[s.id] = []
         self._fields(a, "create", "subject", s.number, [
             ("site", None, e.site), ("initials", None, e.initials),
             ("birth_year", None, e.birth_year), ("sex", None, e.sex), ("arm", None, e.arm),

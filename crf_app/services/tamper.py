@@ -268,7 +268,7 @@ def _snapshot(s: Session) -> None:
 # --- comparing one value ------------------------------------------------------------------------
 def _same(kind: str, expected: str | None, found: Any, default: str | None = None) -> bool:
     """Does the stored value `found` equal the audit trail's text `expected`?"""
-    exp = expected if expected is not None else default
+    exp = audit_text(expected if expected is not None else default)  # '' is no value too
     got = audit_text(found)
     if exp == got:
         return True

@@ -20,7 +20,7 @@ from crf_app.domain.forms import FormDef, FormLibrary, validate_form
 from crf_app.domain.protocol import Protocol
 from crf_app.domain.subjects import SEXES, SubjectStatus, schedule
 from crf_app.exports import odm as oe
-from crf_app.services.forms import flatten, unflatten
+from crf_app.services.forms import NOT_STARTED, flatten, unflatten
 from crf_app.services.odm_import.bulk import BulkAudit, ValueInserts
 from crf_app.services.odm_import.history import HistoryMerger
 from crf_app.services.odm_import.logs import LogMerger
@@ -324,6 +324,14 @@ class Merger(HistoryMerger, LogMerger):
                               updated_by=frec.updated_by)
             s.add(fi)
         if new_form:
+            # the form's status, audited as a save audits it (a form without values, e.g. no
+            # concomitant medications, has no other event)
+            original = frec.updated_by is not None and frec.updated_at is not None
+            self.audit.record("update", "form", label, field="status", old=NOT_STARTED,
+                              new=fi.status, reason=self._imported, subject_id=subj.id,
+                              at=frec.updated_at if original else None,
+                              actor=self.actor_of(frec.updated_by) if original else None)
+            self.report.events_recorded += 1
             self._instances[(visit.id, form.id)] = fi
             self.report.forms_added += 1
             self._changed = True
