@@ -14,6 +14,7 @@ from datetime import date, datetime, time
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from crf_app.domain.addresses import ae_address
 from crf_app.domain.adverse_events import (
     AE_TERMS,
     OTHER,
@@ -227,7 +228,7 @@ def _new_relationship(raw: AeInput) -> str | None:
 
 
 def _label(subj: Subject, ae: AdverseEvent) -> str:
-    return f"{subj.screening_number}/AE{ae.sequence}"
+    return ae_address(subj.screening_number, ae.sequence)
 
 
 # --- actions ------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from decimal import Decimal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crf_app.domain.addresses import dose_address
 from crf_app.domain.compliance import compliance, course_compliance
 from crf_app.domain.coverage import Content
 from crf_app.domain.dosing import (
@@ -171,7 +172,7 @@ def _apply(r: DosingRecord, rec: DoseRecord) -> None:
 
 
 def _label(subj: Subject, r: DosingRecord) -> str:
-    return f"{subj.screening_number}/dose/{r.id}"
+    return dose_address(subj.screening_number, r.id)
 
 
 def _sync_queries(s: Session, audit: AuditWriter, ctx: UserContext, subj: Subject,

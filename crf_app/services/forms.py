@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import bindparam, insert, select
 from sqlalchemy.orm import Session
 
+from crf_app.domain.addresses import form_address, item_address
 from crf_app.domain.coverage import Content
 from crf_app.domain.errors import FieldError, NotFound, ReasonRequired, StaleData, ValidationFailed
 from crf_app.domain.forms import FormDef, FormLibrary, FormResult, validate_form
@@ -280,7 +281,7 @@ def save_form(ctx: UserContext, visit_id: int, form_id: str, raw: dict[str, Any]
         if corrected and not reason:
             raise ReasonRequired()
         audit = w.audit
-        label = f"{subj.screening_number}/{visit.visit_code}/{form.id}"
+        label = form_address(subj.screening_number, visit.visit_code, form.id)
         in_table: dict[str, bool] = {}
         events: list[tuple[str, str, object, str, object, object, str]] = []
         added: list[dict[str, Any]] = []
@@ -291,7 +292,8 @@ def save_form(ctx: UserContext, visit_id: int, form_id: str, raw: dict[str, Any]
             if item_id not in in_table:
                 in_table[item_id] = _in_table(form, item_id)
             events.append(("update" if before is not None else "create", "item",
-                           f"{label}/{item_id}" + (f"[{row + 1}]" if in_table[item_id] else ""),
+                           item_address(subj.screening_number, visit.visit_code, form.id,
+                                        item_id, row if in_table[item_id] else None),
                            item_id, before, after, reason if before is not None else ""))
             if after is None:
                 s.delete(old[key])

@@ -50,6 +50,13 @@ from typing import Any
 
 from sqlalchemy import Connection, Table, func, select, update
 
+from crf_app.domain.addresses import (
+    ae_address,
+    dose_address,
+    form_address,
+    item_address,
+    visit_address,
+)
 from crf_app.domain.adverse_events import AeContext, AeInput
 from crf_app.domain.dosing import DoseContext, DoseInput, DoseRecord, usual_day, validate_dose
 from crf_app.domain.errors import CrfError
@@ -64,6 +71,7 @@ from crf_app.domain.subjects import (
     schedule,
     window_deviation,
 )
+from crf_app.domain.values import value_text
 from crf_app.services.accounts import login
 from crf_app.services.adverse_events import CRITERIA_COLUMNS, check_ae
 from crf_app.services.context import StudyHandle
@@ -75,7 +83,6 @@ from crf_app.services.queries import SYSTEM_USER as EDIT_CHECK_SYSTEM
 from crf_app.services.setup import NewUser, add_user, create_study
 from crf_app.services.signoff import signed_values_hash
 from crf_app.storage.audit import GENESIS_HASH, chain_events
-from crf_app.storage.audit import _text as audit_value  # the text the audit trail stores
 from crf_app.storage.engine import Database
 from crf_app.storage.log_models import AdverseEvent, DosingRecord
 from crf_app.storage.models import (
@@ -889,7 +896,7 @@ class BulkWriter:
                 changes: list[tuple[str, object, object]], reason: str,
                 subject_id: int | None) -> None:
         for fld, old, new in changes:
-            if audit_value(old) != audit_value(new):
+            if value_text(old) != value_text(new):
                 self._event(a, action, entity, entity_id, fld, old, new, reason, subject_id)
 
     @staticmethod
@@ -922,7 +929,7 @@ class BulkWriter:
             raise CrfError(f"generated visit date refused: {s.number} {code} {actual}")
         v = s.visits[code]
         deviation = window_deviation(actual, v[3], v[4])
-        self._fields(a, "update", "visit", f"{s.number}/{code}", [
+        self._fields(a, "update", "visit", visit_address(s.number, code), [
             ("actual_date", v[5], actual), ("status", v[6], "done"),
             ("deviation", v[7], deviation)], "", s.id)
         if (v[5], v[6], v[7]) != (actual, "done", deviation):
@@ -944,7 +951,7 @@ class BulkWriter:
         for code, v in sorted(s.visits.items(), key=lambda kv: kv[1][1]):
             pv = planned[code]
             deviation = window_deviation(v[5], pv.window_start, pv.window_end) if v[5] else ""
-            self._fields(a, "update", "visit", f"{s.number}/{code}", [
+            self._fields(a, "update", "visit", visit_address(s.number, code), [
                 ("planned_date", v[2], pv.planned), ("deviation", v[7], deviation)],
                 "schedule computed from baseline date", s.id)
             new = (pv.planned, pv.window_start, pv.window_end, deviation)
@@ -983,13 +990,14 @@ class BulkWriter:
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if any(k in old for k in changed) and not reason:
             raise CrfError("a generated correction has no reason for change")
-        label = f"{s.number}/{code}/{form_id}"
+        label = form_address(s.number, code, form_id)
         for key in changed:
             item_id, row = key
             before, after = old.get(key), new.get(key)
             table = form.section_of(item_id).repeating
             self._event(a, "update" if before is not None else "create", "item",
-                        f"{label}/{item_id}" + (f"[{row + 1}]" if table else ""), item_id,
+                        item_address(s.number, code, form_id, item_id, row if table else None),
+                        item_id,
                         before, after, reason if before is not None else "", s.id)
             if after is None:
                 del old[key]
@@ -1106,7 +1114,7 @@ class BulkWriter:
                "cleared_reason": ""}
         s.verifications[fi.id] = ver
         self._event(a, "create", "verification", ver["id"], "state", None, "verified",
-                    f"{s.number}/{code}/{form_id}", s.id)
+                    form_address(s.number, code, form_id), s.id)
 
     def _sign(self, a: Action, s: _Subject) -> None:
         (meaning,) = a.args
@@ -1167,7 +1175,7 @@ class BulkWriter:
                   ("instillations", rec.instillations), ("nostril", rec.nostril),
                   ("route", rec.route), ("lot", rec.lot), ("given_by", rec.given_by),
                   ("missed", rec.missed), ("missed_reason", rec.missed_reason)]
-        self._fields(a, "create", "dose", f"{s.number}/dose/{row['id']}",
+        self._fields(a, "create", "dose", dose_address(s.number, row["id"]),
                      [(f, None, None if v == "" else v) for f, v in values]
                      + [("findings", None, findings or None)], "", s.id)
         wanted = {(f.field, f.rule): f for f in result.findings}
@@ -1207,7 +1215,7 @@ class BulkWriter:
         wanted = {f: getattr(value, f) for f in self._AE_FIELDS if f != "criteria"}
         wanted["criteria"] = ",".join(value.criteria) or None
         wanted["relationship"] = value.relationship or None
-        self._fields(a, "create", "adverse_event", f"{s.number}/AE{seq}",
+        self._fields(a, "create", "adverse_event", ae_address(s.number, seq),
                      [(f, None, None if v == "" else v) for f, v in wanted.items()]
                      + [("flags", None, flags or None),
                         ("sae_recorded_at", None, row["sae_recorded_at"])], "", s.id)
@@ -1216,7 +1224,7 @@ class BulkWriter:
         _which, reported_at = a.args
         ae = next(r for r in reversed(s.aes) if r["serious"])
         if ae["sae_reported_at"] != reported_at:
-            self._fields(a, "update", "adverse_event", f"{s.number}/AE{ae['sequence']}",
+            self._fields(a, "update", "adverse_event", ae_address(s.number, ae["sequence"]),
                          [("sae_reported_at", ae["sae_reported_at"], reported_at)], "", s.id)
             ae["sae_reported_at"] = reported_at
             ae["updated_at"], ae["updated_by"] = a.at, a.user

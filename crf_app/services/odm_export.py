@@ -29,6 +29,7 @@ from sqlalchemy import func, select, type_coerce
 from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.types import NullType
 
+from crf_app.domain.addresses import ae_address, dose_address, form_address, visit_address
 from crf_app.domain.errors import NotFound
 from crf_app.domain.roles import Action
 from crf_app.exports.odm import (
@@ -324,8 +325,8 @@ def log_label(log: LogDef, screening_number: str, row: Any) -> str:
     """The audit entity id of a log row (as services.adverse_events and services.dosing write
     it): the AE number for adverse events, the database id for dosing records."""
     if log.entity == AE_LOG.entity:
-        return f"{screening_number}/AE{row.sequence}"
-    return f"{screening_number}/dose/{row.id}"
+        return ae_address(screening_number, row.sequence)
+    return dose_address(screening_number, row.id)
 
 
 def log_rows(log: LogDef, rows: list[Any], screening_number: str, events: dict,
@@ -407,7 +408,7 @@ def _subject_record(subj: Subject, site: str, visits: list[Visit], forms: dict, 
             item_events[entity_id.rsplit("/", 1)[0]].append((fld, _row_of(entity_id), rows))
     for v in visits:
         vrec = VisitRecord(v.visit_code, _record_cells(VISIT_FIELDS, v, "visit",
-                                                       f"{sn}/{v.visit_code}", events),
+                                                       visit_address(sn, v.visit_code), events),
                            queries=[_note(q) for q in by_visit.get(v.id, [])])
         for fi in forms.get(v.id, []):
             frec = FormRecord(fi.form_id, fi.status, fi.updated_at, fi.updated_by,
@@ -416,7 +417,7 @@ def _subject_record(subj: Subject, site: str, visits: list[Visit], forms: dict, 
             cells: dict[tuple[str, int], Cell] = {}
             for (item, row), value in stored.items():
                 cells[(item, row)] = Cell(item, value, row=row, complete_history=True)
-            for fld, row, rows in item_events.get(f"{sn}/{v.visit_code}/{fi.form_id}", []):
+            for fld, row, rows in item_events.get(form_address(sn, v.visit_code, fi.form_id), []):
                 cell = cells.get((fld, row))
                 if cell is None:  # a value entered, then removed: its history stays
                     cell = cells[(fld, row)] = Cell(fld, None, row=row, complete_history=True)

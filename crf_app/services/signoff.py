@@ -10,6 +10,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from crf_app.domain.addresses import form_address
 from crf_app.domain.errors import (
     AuthenticationFailed,
     FieldError,
@@ -63,7 +64,7 @@ def verify_form(ctx: UserContext, visit_id: int, form_id: str) -> None:
         s.flush()
         w.audit.record(
             "create", "verification", v.id, field="state", new="verified",
-            reason=f"{subj.screening_number}/{fi.visit.visit_code}/{fi.form_id}",
+            reason=form_address(subj.screening_number, fi.visit.visit_code, fi.form_id),
             subject_id=subj.id)
 
 

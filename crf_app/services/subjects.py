@@ -8,6 +8,7 @@ from datetime import date
 from sqlalchemy import String, case, func, select, type_coerce
 from sqlalchemy.orm import Session
 
+from crf_app.domain.addresses import visit_address
 from crf_app.domain.coverage import Content
 from crf_app.domain.errors import FieldError, NotFound, ValidationFailed
 from crf_app.domain.roles import Action
@@ -165,7 +166,8 @@ def set_baseline(ctx: UserContext, subject_id: int, baseline: date, reason: str 
             pv = planned[visit.visit_code]
             deviation = (window_deviation(visit.actual_date, pv.window_start, pv.window_end)
                          if visit.actual_date else "")
-            audit.record_fields("update", "visit", f"{subj.screening_number}/{visit.visit_code}",
+            audit.record_fields("update", "visit",
+                                visit_address(subj.screening_number, visit.visit_code),
                                 {"planned_date": (visit.planned_date, pv.planned),
                                  "deviation": (visit.deviation, deviation)},
                                 reason="schedule computed from baseline date",
@@ -210,7 +212,7 @@ def record_visit_date(ctx: UserContext, visit_id: int, actual: date, reason: str
         if visit.actual_date != actual:
             w.changed(Content.VISIT_DATE, subj.id, visit_id=visit.id)
         w.audit.record_fields(
-            "update", "visit", f"{subj.screening_number}/{visit.visit_code}", {
+            "update", "visit", visit_address(subj.screening_number, visit.visit_code), {
                 "actual_date": (visit.actual_date, actual),
                 "status": (visit.status, "done"),
                 "deviation": (visit.deviation, deviation),

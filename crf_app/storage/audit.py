@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from crf_app.domain.values import value_text, value_text_or_none
 from crf_app.storage.models import AuditEvent, utcnow
 
 GENESIS_HASH = "0" * 64
@@ -29,14 +30,7 @@ class Actor:
 SYSTEM = Actor(None, "system")
 
 
-def _text(value: object) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "Y" if value else "N"
-    if hasattr(value, "isoformat"):
-        return value.isoformat()  # type: ignore[no-any-return]
-    return str(value)
+_text = value_text  # the text form of a value (crf_app.domain.values)
 
 
 def compute_hash(prev_hash: str, ev: AuditEvent) -> str:
@@ -158,10 +152,7 @@ def verify_chain(session: Session, batch: int = 5000) -> tuple[int, ChainBreak |
 
 
 # --- replay helpers (crf_app.services.tamper replays the trail against the data) -------------
-def audit_text(value: object) -> str | None:
-    """A stored value as the audit trail writes it; '' and None both mean "no value"."""
-    text = _text(value)
-    return None if text == "" else text
+audit_text = value_text_or_none  # '' and None both mean "no value"
 
 
 @dataclass

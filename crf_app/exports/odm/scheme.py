@@ -4,9 +4,10 @@ records, the adverse-event and dosing logs, the signatures (see crf_app.exports.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
+from crf_app.domain.addresses import item_address
 from crf_app.domain.adverse_events import (
     AE_ACTIONS,
     AE_GRADES,
@@ -21,6 +22,7 @@ from crf_app.domain.adverse_events import (
     YES_NO,
 )
 from crf_app.domain.dosing import GIVEN_BY, LOT_MAX, MISSED_REASON_MAX, NOSTRILS, ROUTES
+from crf_app.domain.values import value_text_or_none
 
 ODM_NS = "http://www.cdisc.org/ns/odm/v1.3"
 SOURCE_SYSTEM = "crf-app"
@@ -250,22 +252,13 @@ def signature_oids(meanings: list[str]) -> dict[str, str]:
     return {m: f"SD.{i}" for i, m in enumerate(dict.fromkeys(meanings), start=1)}
 
 
-def text_of(value: object) -> str | None:
-    """A stored attribute as the text the audit trail records ('' counts as no value)."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        return "Y" if value else "N"
-    if isinstance(value, date | datetime):
-        return value.isoformat()
-    return str(value)
+text_of = value_text_or_none  # a stored attribute as the audit trail records it
 
 
 def item_entity_id(screening_number: str, visit_code: str, form_id: str, item_id: str,
                    row: int | None) -> str:
-    """The audit entity id of one value (as crf_app.services.forms.save_form writes it)."""
-    label = f"{screening_number}/{visit_code}/{form_id}/{item_id}"
-    return label if row is None else f"{label}[{row + 1}]"
+    """The audit entity id of one value (crf_app.domain.addresses)."""
+    return item_address(screening_number, visit_code, form_id, item_id, row)
 
 
 

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crf_app.domain.addresses import form_address, visit_address
 from crf_app.domain.coverage import Content, ContentChange
 from crf_app.domain.forms import FormDef, FormLibrary, validate_form
 from crf_app.domain.protocol import Protocol
@@ -272,7 +273,7 @@ class Merger(HistoryMerger, LogMerger):
 
     def _merge_visit(self, subj: Subject, visit: Visit, vrec: oe.VisitRecord, local: dict,
                      conflicts: list[MergeConflict], fresh: bool) -> None:
-        entity_id = f"{subj.screening_number}/{visit.visit_code}"
+        entity_id = visit_address(subj.screening_number, visit.visit_code)
         initial = {"status": "planned", "deviation": ""}
         cells = {c.item_id: c for c in vrec.fields}
         for f in oe.VISIT_FIELDS:
@@ -292,7 +293,7 @@ class Merger(HistoryMerger, LogMerger):
 
     def _merge_forms(self, subj: Subject, visit: Visit, vrec: oe.VisitRecord, local: dict,
                      conflicts: list[MergeConflict]) -> None:
-        entity_id = f"{subj.screening_number}/{visit.visit_code}"
+        entity_id = visit_address(subj.screening_number, visit.visit_code)
         allowed = set(self.protocol.visit(visit.visit_code).forms)
         for frec in vrec.forms:
             if frec.form_id not in allowed:
@@ -305,7 +306,7 @@ class Merger(HistoryMerger, LogMerger):
                     conflicts: list[MergeConflict]) -> None:
         s = self.s
         form = self.library.get(frec.form_id)
-        label = f"{subj.screening_number}/{visit.visit_code}/{form.id}"
+        label = form_address(subj.screening_number, visit.visit_code, form.id)
         known = self.item_ids[form.id]
         unknown = [c.item_id for c in frec.cells if c.item_id not in known]
         if unknown:
