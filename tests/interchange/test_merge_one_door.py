@@ -80,3 +80,23 @@ def test_a_merged_change_voids_the_form_signature_it_touches_and_no_other(pair, 
     states = {r.form_id: r.state for r in signature_manifest(b.dm, sid)}
     assert states == {"vital_signs": "invalidated", "mrs": "valid"}
     assert verify_audit(b.study.db).ok
+
+
+@pytest.mark.parametrize("first", ["here", "there"])
+def test_a_value_changed_on_both_sides_is_a_conflict_whichever_changed_last(
+        laptop_a, laptops, tmp_path, first):
+    from crf_app.services.odm_import import list_conflicts
+
+    a = laptop_a
+    export_odm(a.dm, tmp_path / "x1.xml")
+    b = laptops("b")
+    import_odm(b.dm, tmp_path / "x1.xml")
+    edits = [(b, "99", "re-measured on B"), (a, "95", "re-measured on A")]
+    for lap, pulse, why in edits if first == "here" else reversed(edits):
+        set_values(lap.inv, "S03-003", "SCR", "vital_signs", why, PULSE=pulse)
+    export_odm(a.dm, tmp_path / "x2.xml")
+    report = import_odm(b.dm, tmp_path / "x2.xml")
+    assert len(report.conflicts) == 1
+    [c] = list_conflicts(b.dm)
+    assert (c.field, c.local_value, c.incoming_value) == ("PULSE", "99", "95")
+    assert open_form(b.dm, _visit_id(b.dm, "S03-003", "SCR"), "vital_signs").raw["PULSE"] == "99"
