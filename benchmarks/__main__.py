@@ -3,7 +3,7 @@
 Each row is a figure, what was measured, its target and whether the target is met ("yes" /
 "NO"; empty when the target is not a bound). Each benchmark runs in a process of its own, so
 none inherits another's memory or state (a child process forked from a large parent would be
-charged its pages). The data come from the generated study (crf_app.services.generate) of
+charged its pages). The data come from the generated study (crf_app.generator.study) of
 BENCH_SUBJECTS subjects (default 10,000), built once and cached under benchmarks/.cache/; the
 benchmarks that write share one working copy of it per run. Timings on a shared machine are
 noisy: run twice before trusting one.

@@ -31,9 +31,9 @@ def _rows(n: int):
 
 
 def _fresh(n: int) -> float:
+    from crf_app.generator.study import generate_study
     from crf_app.services.context import open_new_database
     from crf_app.services.definitions import load_definition
-    from crf_app.services.generate import generate_study
 
     definition = load_definition()
     db = open_new_database(f"sqlite:///{tmpdir() / 'fresh.db'}")
@@ -46,10 +46,10 @@ def _fresh(n: int) -> float:
 def _per_subject_ms() -> tuple[float, float, int]:
     """ms per subject: the same plan of SERVICE_SUBJECTS subjects, bulk and through the
     services (each in a new database with the same accounts)."""
+    from crf_app.generator.study import BulkWriter, Plan, new_study, run_with_services
     from crf_app.services.context import open_new_database
     from crf_app.services.definitions import load_definition
     from crf_app.services.forms import form_library
-    from crf_app.services.generate import BulkWriter, Plan, new_study, run_with_services
 
     definition = load_definition()
     out = []

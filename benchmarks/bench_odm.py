@@ -74,8 +74,8 @@ def _child(op: str, db: Path, path: Path, heap: bool = False) -> dict:
 
 def _records(study, n: int, seed: int = 11):
     """Generated SubjectRecords with realistic audited histories."""
+    from crf_app import odm as oe
     from crf_app.domain.forms import validate_form
-    from crf_app.exports import odm as oe
     from crf_app.services.demo import _nihss, _vitals
     from crf_app.services.forms import flatten, form_library
 
@@ -152,7 +152,7 @@ def _records(study, n: int, seed: int = 11):
 def _logs(rec, rng: random.Random, baseline: date, bl_at: datetime) -> None:
     """A 14-day course (two administrations a day, a few missed), maybe an adverse event, and
     the casebook signature."""
-    from crf_app.exports import odm as oe
+    from crf_app import odm as oe
 
     def row(log, values: dict, at: datetime, changes: dict | None = None):
         cells = []
@@ -203,8 +203,8 @@ def _logs(rec, rng: random.Random, baseline: date, bl_at: datetime) -> None:
 
 def write_source(study, path: Path, n: int) -> None:
     """A transactional crf-app ODM file of `n` generated subjects."""
-    from crf_app.exports import odm as oe
-    from crf_app.exports.odm import write_odm
+    from crf_app import odm as oe
+    from crf_app.odm import write_odm
     from crf_app.services.forms import form_library
 
     plan = oe.ExportPlan(

@@ -38,20 +38,20 @@ def _clean() -> None:  # the working copies of a generated study are gigabytes
         shutil.rmtree(path, ignore_errors=True)
 
 
-# --- the generated study (crf_app.services.generate), cached by size and generator version ----
+# --- the generated study (crf_app.generator.study), cached by size and generator version ----
 def generated_db(n: int = BENCH_SUBJECTS, seed: int | None = None) -> Path:
     """The generated study of `n` subjects over 10 sites, built on first use and kept under
     benchmarks/.cache/ (keyed by n, seed and GENERATOR_VERSION). Its build time and size are
     in the .json file beside it."""
-    from crf_app.services.generate import DEFAULT_SEED, GENERATOR_VERSION
+    from crf_app.generator.study import DEFAULT_SEED, GENERATOR_VERSION
 
     seed = DEFAULT_SEED if seed is None else seed
     path = CACHE / f"study-n{n}-s{seed}-v{GENERATOR_VERSION}.db"
     if path.exists():
         return path
+    from crf_app.generator.study import generate_study
     from crf_app.services.context import open_new_database
     from crf_app.services.definitions import load_definition
-    from crf_app.services.generate import generate_study
 
     CACHE.mkdir(exist_ok=True)
     building = path.with_suffix(".building")

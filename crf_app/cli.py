@@ -230,7 +230,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if cmd == "users":
             return _users(args, study)
         if cmd == "verify-audit":
-            from crf_app.services.maintenance import verify_audit
+            from crf_app.integrity import verify_audit
 
             report = verify_audit(study.db)
             print("\n".join(report.lines(show=max(args.show, 0))))
@@ -264,9 +264,9 @@ def _create(args: argparse.Namespace) -> int:
     try:
         if args.command == "demo" and (args.large or args.subjects > 100 or args.sites
                                        or args.seed is not None):
-            # a large study, generated in bulk (crf_app.services.generate)
+            # a large study, generated in bulk (crf_app.generator.study)
+            from crf_app.generator.study import DEFAULT_SEED, DEFAULT_SITES, generate_study
             from crf_app.services.demo import DEMO_PASSWORD
-            from crf_app.services.generate import DEFAULT_SEED, DEFAULT_SITES, generate_study
 
             if args.subjects < 1 or not 1 <= (args.sites or DEFAULT_SITES) <= 99:
                 return _fail("--subjects must be at least 1 and --sites between 1 and 99")

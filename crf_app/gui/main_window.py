@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from crf_app import __version__
+from crf_app import __version__, integrity
 from crf_app.domain.errors import CrfError
 from crf_app.domain.roles import Action, allowed
 from crf_app.gui.enroll_dialog import EnrollDialog
@@ -312,7 +312,7 @@ class MainWindow(QMainWindow):
 
         def work() -> None:
             try:
-                done["report"] = maintenance.verify_audit(self.ctx.study.db)
+                done["report"] = integrity.verify_audit(self.ctx.study.db)
             except BaseException as exc:  # re-raised below, in the GUI thread
                 done["error"] = exc
 
@@ -334,7 +334,7 @@ class MainWindow(QMainWindow):
         if "error" in done:
             raise done["error"]  # type: ignore[misc]
         report = done["report"]
-        assert isinstance(report, maintenance.AuditReport)
+        assert isinstance(report, integrity.AuditReport)
         lines = report.lines(show=10)
         if report.ok:
             box = QMessageBox(QMessageBox.Icon.Information, "Audit trail",

@@ -1,20 +1,12 @@
-"""Audit-chain verification and backups."""
+"""Backups (the audit-chain verification is crf_app.integrity.verify_audit)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from crf_app.domain.errors import CrfError
-from crf_app.services.tamper import AuditReport, verify_everything
 from crf_app.storage.engine import Database
 from crf_app.storage.migrate import backup_sqlite
-
-
-def verify_audit(db: Database, *, replay: bool = True) -> AuditReport:
-    """Walk the hash chain of the audit trail, naming every event that does not verify, then
-    replay the trail against the stored data (crf_app.services.tamper) and name every value
-    changed, row deleted or row inserted behind the app's back."""
-    return verify_everything(db, replay=replay)
 
 
 def backup(db: Database, target: Path) -> Path:

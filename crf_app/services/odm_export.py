@@ -1,10 +1,10 @@
 """Gathering a study's data for an ODM 1.3.2 export, as plain data, subject batch by subject batch.
 
-The writer (crf_app.exports.odm) turns an `ExportPlan` into XML while `plan.subjects` reads the
+The writer (crf_app.odm) turns an `ExportPlan` into XML while `plan.subjects` reads the
 database in batches inside one read transaction (a consistent snapshot), so neither side ever
 holds the whole study in memory.
 
-The OID scheme and the plain records live with the writer (crf_app.exports.odm), so the
+The OID scheme and the plain records live with the writer (crf_app.odm), so the
 importer (crf_app.services.odm_import) reads back exactly what the writer wrote.
 
 Transactional files carry the whole audited history of every value of the subjects changed since
@@ -32,7 +32,7 @@ from sqlalchemy.types import NullType
 from crf_app.domain.addresses import ae_address, dose_address, form_address, visit_address
 from crf_app.domain.errors import NotFound
 from crf_app.domain.roles import Action
-from crf_app.exports.odm import (
+from crf_app.odm import (
     AE_LOG,
     DOSE_LOG,
     SNAPSHOT,

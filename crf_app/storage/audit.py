@@ -151,7 +151,7 @@ def verify_chain(session: Session, batch: int = 5000) -> tuple[int, ChainBreak |
     return walk.checked, (walk.breaks[0] if walk.breaks else None)
 
 
-# --- replay helpers (crf_app.services.tamper replays the trail against the data) -------------
+# --- replay helpers (crf_app.integrity.replay replays the trail against the data) -------------
 audit_text = value_text_or_none  # '' and None both mean "no value"
 
 
@@ -223,7 +223,7 @@ def _stream_rows(session: Session, batch: int) -> Iterator[Any]:
         last = rows[-1].id
 
 
-# --- bulk append (crf_app.services.generate: large generated studies) --------------------------
+# --- bulk append (crf_app.generator.study: large generated studies) --------------------------
 def chain_events(prev_hash: str, events: Iterable[tuple[Any, ...]]
                  ) -> tuple[list[tuple[Any, ...]], str]:
     """Hash-chain events for a bulk INSERT, each chained to the one before, starting after

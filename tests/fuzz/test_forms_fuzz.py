@@ -23,8 +23,8 @@ from crf_app.domain.errors import ValidationFailed
 from crf_app.domain.forms import FormDef, ItemDef, validate_form
 from crf_app.domain.roles import Role
 from crf_app.domain.subjects import Enrollment
+from crf_app.integrity import verify_audit
 from crf_app.services.forms import flatten, form_library, save_form, unflatten
-from crf_app.services.maintenance import verify_audit
 from crf_app.storage.models import FormInstance, ItemValue
 from tests.fuzz.conftest import examples
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from crf_app.domain.errors import CrfError
 from crf_app.domain.roles import Role
-from crf_app.services.maintenance import verify_audit
+from crf_app.integrity import verify_audit
 from crf_app.services.odm_import import ImportRefused, import_new_study, import_odm
 from crf_app.services.setup import NewUser
 from tests.fuzz.conftest import copy_db, examples

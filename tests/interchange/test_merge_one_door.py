@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
+from crf_app.integrity import verify_audit
 from crf_app.services.forms import open_form
-from crf_app.services.maintenance import verify_audit
 from crf_app.services.odm_export import export_odm
 from crf_app.services.odm_import import ImportRefused, import_odm
 from crf_app.services.signoff import lock, sign, signature_manifest, unlock

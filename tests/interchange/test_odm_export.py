@@ -9,10 +9,10 @@ from datetime import date
 import pytest
 from lxml import etree
 
+from crf_app import odm as oe
 from crf_app.domain.errors import PermissionDenied
 from crf_app.domain.roles import Role
-from crf_app.exports import odm as oe
-from crf_app.exports.odm import write_odm
+from crf_app.odm import write_odm
 from crf_app.services.forms import save_form
 from crf_app.services.odm_export import export_odm, prepare_export
 from crf_app.services.subjects import list_subjects, subject_detail
@@ -153,7 +153,7 @@ def test_a_coordinator_may_not_export(laptops, as_role, tmp_path):
 
 
 def test_a_cancelled_export_leaves_no_file(laptop_a, tmp_path):
-    from crf_app.exports.odm import ExportCancelled
+    from crf_app.odm import ExportCancelled
 
     with pytest.raises(ExportCancelled):
         export_odm(laptop_a.dm, tmp_path / "x.xml", cancelled=lambda: True)
@@ -273,7 +273,7 @@ def test_signatures_are_odm_signatures_referencing_signature_defs(laptop_full, t
 
 
 def test_a_value_xml_cannot_carry_refuses_the_export_and_leaves_no_file(laptop_a, tmp_path):
-    from crf_app.exports.odm import ExportRefused, write_odm_file
+    from crf_app.odm import ExportRefused, write_odm_file
 
     plan = prepare_export(laptop_a.dm, snapshot=True)
     source = plan.subjects

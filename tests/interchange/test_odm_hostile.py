@@ -193,8 +193,8 @@ def test_a_broken_record_refuses_a_merge_and_is_never_stored_from_a_default(
 
 
 def test_a_new_study_leaves_out_and_reports_a_dose_without_its_missed_flag(laptop_a, tmp_path):
+    from crf_app.integrity import verify_audit
     from crf_app.services.context import open_new_database
-    from crf_app.services.maintenance import verify_audit
 
     export_odm(laptop_a.dm, tmp_path / "a.xml", snapshot=True)
     text = (tmp_path / "a.xml").read_text(encoding="utf-8")

@@ -11,8 +11,8 @@ import pytest
 from crf_app.domain.errors import PermissionDenied
 from crf_app.domain.roles import Role
 from crf_app.domain.subjects import Enrollment
+from crf_app.integrity import verify_audit
 from crf_app.services.forms import open_form, save_form
-from crf_app.services.maintenance import verify_audit
 from crf_app.services.odm_export import export_odm
 from crf_app.services.odm_import import (
     ImportRefused,

@@ -8,8 +8,8 @@ import sqlite3
 import pytest
 
 from crf_app.domain.roles import Role
+from crf_app.integrity import verify_audit
 from crf_app.services.context import open_new_database
-from crf_app.services.maintenance import verify_audit
 from crf_app.services.odm_import import ImportRefused, import_new_study
 from crf_app.services.setup import NewUser
 from tests.interchange.odm_helpers import PASSWORD, counts, edit

@@ -8,7 +8,7 @@ import sqlite3
 from lxml import etree
 
 from crf_app.domain.roles import Role
-from crf_app.services.maintenance import verify_audit
+from crf_app.integrity import verify_audit
 from crf_app.services.odm_export import export_odm
 from crf_app.services.odm_import import import_new_study, import_odm
 from crf_app.services.setup import NewUser

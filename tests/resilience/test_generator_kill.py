@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from crf_app.services.maintenance import verify_audit
+from crf_app.integrity import verify_audit
 from crf_app.storage.migrate import open_database
 
 
@@ -31,7 +31,7 @@ def _subjects(path) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_a_killed_generator_leaves_a_study_that_verifies(tmp_path, seed):
-    from crf_app.services import generate
+    from crf_app.generator import study as generate
 
     path = tmp_path / "big.db"
     env = dict(os.environ, CRF_GENERATE_FLUSH_EVENTS="3000")  # many commits in a short run

@@ -17,11 +17,11 @@ from crf_app.domain.errors import (
 from crf_app.domain.protocol import ArmDef
 from crf_app.domain.roles import Role
 from crf_app.domain.subjects import Enrollment, SubjectStatus
+from crf_app.integrity import verify_audit
 from crf_app.services import adverse_events as ae_svc
 from crf_app.services import dosing as dose_svc
 from crf_app.services import reports
 from crf_app.services import subjects as svc
-from crf_app.services.maintenance import verify_audit
 from crf_app.storage.log_models import AdverseEvent, DosingRecord
 from crf_app.storage.models import AuditEvent, Query
 from tests.conftest import PASSWORD, fixed_clock

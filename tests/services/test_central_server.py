@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import date
 
 from crf_app.domain.roles import Role
+from crf_app.integrity import verify_audit
 from crf_app.services.demo import populate
-from crf_app.services.maintenance import verify_audit
 from crf_app.services.odm_export import export_odm
 from crf_app.services.odm_import import import_odm
 from tests.interchange.odm_helpers import dump, make_laptop

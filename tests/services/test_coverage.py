@@ -18,12 +18,12 @@ from crf_app.domain.coverage import Content, ContentChange, Cover, covers
 from crf_app.domain.dosing import DoseInput
 from crf_app.domain.roles import Role
 from crf_app.domain.subjects import Enrollment
+from crf_app.integrity import verify_audit
 from crf_app.services import adverse_events as ae_svc
 from crf_app.services import dosing as dose_svc
 from crf_app.services import forms as form_svc
 from crf_app.services import signoff
 from crf_app.services import subjects as subj_svc
-from crf_app.services.maintenance import verify_audit
 from crf_app.services.pipeline import Changes, listen
 from crf_app.storage.signoff_models import Signature, Verification
 from tests.conftest import PASSWORD, fixed_clock

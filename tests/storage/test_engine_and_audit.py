@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 
-from crf_app.services.maintenance import verify_audit
+from crf_app.integrity import verify_audit
 from crf_app.storage.audit import Actor, AuditWriter, verify_chain
 from crf_app.storage.engine import (
     BUSY_TIMEOUT_MS,

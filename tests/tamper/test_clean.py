@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from crf_app.integrity import verify_audit
 from crf_app.services.context import open_study
-from crf_app.services.maintenance import verify_audit
 from tests.tamper.scenario import raw
 
 

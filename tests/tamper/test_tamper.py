@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from crf_app.services.tamper import CHANGED, MISSING, ORPHAN, UNAUDITED, Discrepancy
+from crf_app.integrity.replay import CHANGED, MISSING, ORPHAN, UNAUDITED, Discrepancy
 from crf_app.storage.audit import compute_hash
 from tests.tamper.scenario import event_id, raw, value_id
 from tests.tamper.test_clean import verify

@@ -19,16 +19,16 @@ all back and is reported in plain words.
     report       ImportReport and the errors
 """
 
-from crf_app.services.odm_import.conflicts import ConflictRow, list_conflicts, resolve_conflict
-from crf_app.services.odm_import.laptop import check_chain, import_odm
-from crf_app.services.odm_import.new_study import import_new_study
-from crf_app.services.odm_import.reader import check_prolog, file_sha256, stream_odm
-from crf_app.services.odm_import.report import (
+from crf_app.odm.reader import check_prolog, file_sha256, stream_odm
+from crf_app.odm.report import (
     ImportCancelled,
     ImportRefused,
     ImportReport,
     format_report,
 )
+from crf_app.services.odm_import.conflicts import ConflictRow, list_conflicts, resolve_conflict
+from crf_app.services.odm_import.laptop import check_chain, import_odm
+from crf_app.services.odm_import.new_study import import_new_study
 
 __all__ = [
     "ConflictRow",

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crf_app import odm as oe
 from crf_app.domain.coverage import Content
 from crf_app.domain.errors import FieldError, NotFound, ValidationFailed
 from crf_app.domain.roles import Action
 from crf_app.domain.subjects import schedule
-from crf_app.exports import odm as oe
 from crf_app.services.context import UserContext
 from crf_app.services.odm_import.logs import MODELS
 from crf_app.services.odm_import.targets import AttrTarget, ItemTarget, LogTarget, Target

@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from crf_app.exports import odm as oe
+from crf_app import odm as oe
 from crf_app.services.odm_import.targets import LocalEvent, Target
 from crf_app.storage.audit import Actor
 from crf_app.storage.interchange_models import MergeConflict

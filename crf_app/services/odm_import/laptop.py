@@ -13,13 +13,10 @@ from lxml import etree
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crf_app import odm as oe
 from crf_app.domain.errors import NotFound
 from crf_app.domain.roles import Action
-from crf_app.exports import odm as oe
-from crf_app.services.context import StudyHandle, UserContext
-from crf_app.services.forms import form_library
-from crf_app.services.odm_export import node_id
-from crf_app.services.odm_import.mapping import (
+from crf_app.odm.mapping import (
     EventMap,
     Issues,
     ItemMap,
@@ -28,9 +25,8 @@ from crf_app.services.odm_import.mapping import (
     reserved_maps,
     users,
 )
-from crf_app.services.odm_import.merge import Merger
-from crf_app.services.odm_import.parse import parse_subject
-from crf_app.services.odm_import.reader import (
+from crf_app.odm.parse import parse_subject
+from crf_app.odm.reader import (
     ODM,
     Cancelled,
     Handler,
@@ -40,7 +36,11 @@ from crf_app.services.odm_import.reader import (
     file_sha256,
     stream_odm,
 )
-from crf_app.services.odm_import.report import ImportRefused, ImportReport
+from crf_app.odm.report import ImportRefused, ImportReport
+from crf_app.services.context import StudyHandle, UserContext
+from crf_app.services.forms import form_library
+from crf_app.services.odm_export import node_id
+from crf_app.services.odm_import.merge import Merger
 from crf_app.services.pipeline import write, write_action
 from crf_app.storage.audit import Actor, AuditWriter
 from crf_app.storage.interchange_models import ImportedFile

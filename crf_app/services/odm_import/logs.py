@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, select
 
+from crf_app import odm as oe
 from crf_app.domain.coverage import Content, ContentChange
-from crf_app.exports import odm as oe
 from crf_app.services.odm_export import log_keys, log_label
 from crf_app.services.odm_import.bulk import RawInsert, RawSelect
 from crf_app.services.odm_import.targets import LogTarget, log_columns

@@ -15,18 +15,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from crf_app import odm as oe
 from crf_app.domain.addresses import form_address, visit_address
 from crf_app.domain.coverage import Content, ContentChange
 from crf_app.domain.forms import FormDef, FormLibrary, validate_form
 from crf_app.domain.protocol import Protocol
 from crf_app.domain.subjects import SEXES, SubjectStatus, schedule
-from crf_app.exports import odm as oe
+from crf_app.odm.mapping import Issues
+from crf_app.odm.report import ImportReport
 from crf_app.services.forms import NOT_STARTED, flatten, unflatten
 from crf_app.services.odm_import.bulk import BulkAudit, ValueInserts
 from crf_app.services.odm_import.history import HistoryMerger
 from crf_app.services.odm_import.logs import LogMerger
-from crf_app.services.odm_import.mapping import Issues
-from crf_app.services.odm_import.report import ImportReport
 from crf_app.services.odm_import.rows import NewRows
 from crf_app.services.odm_import.targets import (
     AttrTarget,

@@ -20,13 +20,12 @@ from lxml import etree
 from pydantic import ValidationError
 from sqlalchemy import select
 
+from crf_app import odm as oe
 from crf_app.domain.errors import NotFound, ValidationFailed
 from crf_app.domain.forms import FormDef, FormLibrary, SectionDef
 from crf_app.domain.protocol import Protocol
 from crf_app.domain.subjects import SubjectStatus
-from crf_app.exports import odm as oe
-from crf_app.services.context import StudyHandle, load_study
-from crf_app.services.odm_import.definitions import (
+from crf_app.odm.definitions import (
     IMPORTED,
     ItemBuilder,
     ScanHandler,
@@ -35,8 +34,7 @@ from crf_app.services.odm_import.definitions import (
     ident,
     unique,
 )
-from crf_app.services.odm_import.laptop import finish
-from crf_app.services.odm_import.mapping import (
+from crf_app.odm.mapping import (
     EventMap,
     Issues,
     ItemMap,
@@ -46,9 +44,8 @@ from crf_app.services.odm_import.mapping import (
     reserved_maps,
     users,
 )
-from crf_app.services.odm_import.merge import Merger
-from crf_app.services.odm_import.parse import parse_subject
-from crf_app.services.odm_import.reader import (
+from crf_app.odm.parse import parse_subject
+from crf_app.odm.reader import (
     Cancelled,
     Handler,
     Header,
@@ -60,7 +57,10 @@ from crf_app.services.odm_import.reader import (
     stream_odm,
     translated,
 )
-from crf_app.services.odm_import.report import ImportRefused, ImportReport
+from crf_app.odm.report import ImportRefused, ImportReport
+from crf_app.services.context import StudyHandle, load_study
+from crf_app.services.odm_import.laptop import finish
+from crf_app.services.odm_import.merge import Merger
 from crf_app.storage.audit import SYSTEM, Actor, AuditWriter
 from crf_app.storage.engine import Database
 from crf_app.storage.models import Site

@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from crf_app.exports import odm as oe
+from crf_app import odm as oe
 from crf_app.services.adverse_events import CRITERIA_COLUMNS
 from crf_app.services.odm_export import log_text
 from crf_app.storage.models import FormInstance, ItemValue, Subject, Visit

@@ -10,8 +10,8 @@ from lxml import etree
 from crf_app.domain.forms import FormDef, ItemDef
 from crf_app.domain.forms.types import format_limit
 from crf_app.domain.subjects import SEXES, SubjectStatus
-from crf_app.exports.odm.records import ExportPlan
-from crf_app.exports.odm.scheme import (
+from crf_app.odm.records import ExportPlan
+from crf_app.odm.scheme import (
     AE_FORM_OID,
     ALIAS_DAY,
     ALIAS_FORM_VERSION,

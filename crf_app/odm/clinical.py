@@ -16,8 +16,8 @@ from lxml import etree
 
 from crf_app.domain.errors import CrfError
 from crf_app.domain.forms import ItemDef
-from crf_app.exports.odm.metadata import admin_element, study_element
-from crf_app.exports.odm.records import (
+from crf_app.odm.metadata import admin_element, study_element
+from crf_app.odm.records import (
     Cell,
     ExportPlan,
     FormRecord,
@@ -26,7 +26,7 @@ from crf_app.exports.odm.records import (
     SignatureRecord,
     SubjectRecord,
 )
-from crf_app.exports.odm.scheme import (
+from crf_app.odm.scheme import (
     FLAG_QUERY,
     FLAG_STATUS,
     FLAG_TYPE_CODELIST,

@@ -32,7 +32,7 @@ Their OIDs contain `CRFAPP.`, which no visit code or form id can.
 
 from __future__ import annotations
 
-from crf_app.exports.odm.clinical import (
+from crf_app.odm.clinical import (
     Cancelled,
     ExportCancelled,
     ExportRefused,
@@ -41,14 +41,14 @@ from crf_app.exports.odm.clinical import (
     write_odm,
     write_odm_file,
 )
-from crf_app.exports.odm.metadata import (
+from crf_app.odm.metadata import (
     NS,
     ODM_TYPES,
     XML_LANG,
     admin_element,
     study_element,
 )
-from crf_app.exports.odm.records import (
+from crf_app.odm.records import (
     Cell,
     Change,
     ExportPlan,
@@ -59,7 +59,7 @@ from crf_app.exports.odm.records import (
     SubjectRecord,
     VisitRecord,
 )
-from crf_app.exports.odm.scheme import (
+from crf_app.odm.scheme import (
     AE_FORM_OID,
     AE_GROUP_OID,
     AE_LOG,

@@ -13,8 +13,8 @@ from typing import Any
 
 from lxml import etree
 
-from crf_app.exports import odm as oe
-from crf_app.services.odm_import.mapping import (
+from crf_app import odm as oe
+from crf_app.odm.mapping import (
     SIGNATURES,
     SUBJECT_RECORD,
     VISIT_RECORD,
@@ -22,7 +22,7 @@ from crf_app.services.odm_import.mapping import (
     OdmMapping,
     log_form_id,
 )
-from crf_app.services.odm_import.reader import parse_datetime, q
+from crf_app.odm.reader import parse_datetime, q
 
 _AUDIT, _USER, _STAMP, _REASON = (q(t) for t in ("AuditRecord", "UserRef", "DateTimeStamp",
                                                   "ReasonForChange"))

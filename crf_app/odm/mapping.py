@@ -15,11 +15,11 @@ from html import unescape
 
 from lxml import etree
 
+from crf_app import odm as oe
 from crf_app.domain.forms import ItemDef, SectionDef
 from crf_app.domain.forms.types import parse_value
-from crf_app.exports import odm as oe
-from crf_app.services.odm_import.reader import child, children
-from crf_app.services.odm_import.report import ImportReport
+from crf_app.odm.reader import child, children
+from crf_app.odm.report import ImportReport
 
 # Reserved form ids of a crf-app file (a form id never starts with "@").
 SUBJECT_RECORD, VISIT_RECORD, SIGNATURES = "@subject", "@visit", "@signature"

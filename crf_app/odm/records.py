@@ -11,7 +11,7 @@ from typing import NamedTuple
 from crf_app import __version__
 from crf_app.domain.forms import FormLibrary
 from crf_app.domain.protocol import Protocol
-from crf_app.exports.odm.scheme import (
+from crf_app.odm.scheme import (
     LOG_BY_ENTITY,
     SIGNATURE_FIELDS,
     SOURCE_SYSTEM,

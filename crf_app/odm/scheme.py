@@ -1,5 +1,5 @@
 """The OID scheme of crf-app's ODM files and the reserved records: the subject and visit
-records, the adverse-event and dosing logs, the signatures (see crf_app.exports.odm)."""
+records, the adverse-event and dosing logs, the signatures (see crf_app.odm)."""
 
 from __future__ import annotations
 

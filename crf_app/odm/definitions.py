@@ -17,11 +17,11 @@ from typing import Any
 from lxml import etree
 from pydantic import ValidationError
 
+from crf_app import odm as oe
 from crf_app.domain.forms import ItemDef
-from crf_app.exports import odm as oe
-from crf_app.services.odm_import.mapping import clean
-from crf_app.services.odm_import.reader import Handler, Header, child, children, q, translated
-from crf_app.services.odm_import.report import ImportRefused, ImportReport
+from crf_app.odm.mapping import clean
+from crf_app.odm.reader import Handler, Header, child, children, q, translated
+from crf_app.odm.report import ImportRefused, ImportReport
 
 IMPORTED = "IMPORTED"
 _CODE_CHARS = re.compile(r"[^A-Za-z0-9_-]+")

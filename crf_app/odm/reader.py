@@ -18,8 +18,8 @@ from typing import IO
 
 from lxml import etree
 
-from crf_app.exports import odm as oe
-from crf_app.services.odm_import.report import ImportCancelled, ImportRefused, ImportReport
+from crf_app import odm as oe
+from crf_app.odm.report import ImportCancelled, ImportRefused, ImportReport
 
 NS = oe.ODM_NS
 PROLOG_BYTES = 64 * 1024

@@ -13,10 +13,7 @@ from sqlalchemy import select
 from crf_app.domain.forms import validate_form
 from crf_app.domain.roles import Role
 from crf_app.domain.subjects import SubjectStatus
-from crf_app.services.context import open_new_database
-from crf_app.services.definitions import load_definition
-from crf_app.services.forms import flatten, form_library, unflatten
-from crf_app.services.generate import (
+from crf_app.generator.study import (
     BulkWriter,
     Plan,
     Rates,
@@ -25,7 +22,10 @@ from crf_app.services.generate import (
     run_with_services,
     site_investigator,
 )
-from crf_app.services.tamper import verify_everything
+from crf_app.integrity.replay import verify_everything
+from crf_app.services.context import open_new_database
+from crf_app.services.definitions import load_definition
+from crf_app.services.forms import flatten, form_library, unflatten
 from crf_app.storage.audit import verify_chain
 from crf_app.storage.log_models import AdverseEvent, DosingRecord
 from crf_app.storage.models import (
